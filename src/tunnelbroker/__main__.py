@@ -1,0 +1,3 @@
+from tunnelbroker.cli import main
+
+main()
