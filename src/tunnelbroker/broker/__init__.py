@@ -1,0 +1,1 @@
+"""Broker core: pure, sans-IO bookkeeping (address allocation, limits)."""
