@@ -66,7 +66,8 @@ class TspSection(_Section):
     enabled: bool = True
     #: Addresses to listen on, TCP and UDP each; IPv4 and IPv6.
     listen: list[str] = ["0.0.0.0", "::"]
-    port: int = Field(3653, ge=1, le=65535)
+    #: 0 picks a free port (tests).
+    port: int = Field(3653, ge=0, le=65535)
     #: Tunnel types offered in CAPABILITY, in this order.
     tunnel_types: list[TunnelTypeName] = ["v6v4", "v6udpv4", "v6anyv4", "v4v6"]
     #: SASL mechanisms offered in CAPABILITY, in this order.
@@ -166,6 +167,8 @@ class LimitsSection(_Section):
     max_sessions: int = Field(20000, ge=1)
     #: Total live tunnels; beyond this new ones get 301 (or a referral).
     max_tunnels: int = Field(100000, ge=1)
+    #: Delegate prefixes to anonymous (router-mode) sessions; off: they get 522.
+    anonymous_prefixes: bool = False
 
 
 class DatabaseSection(_Section):
@@ -176,8 +179,6 @@ class DatabaseSection(_Section):
 
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    #: Replace client IP addresses in logs with a short keyed hash.
-    redact_client_addresses: bool = False
 
 
 class Config(_Section):
