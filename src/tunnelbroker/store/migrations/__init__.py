@@ -1,0 +1,1 @@
+"""Alembic migrations; :meth:`tunnelbroker.store.Store.migrate` runs them."""
