@@ -226,4 +226,6 @@ def load_config(path: str | Path | None, overrides: dict[str, object] | None = N
         for err in e.errors():
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
             lines.append(f"  {where}: {err['msg']}")
-        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}:\n" + "\n".join(lines)) from e
+        raise ConfigError(
+            f"invalid configuration{f' in {path}' if path else ''}:\n" + "\n".join(lines)
+        ) from e
