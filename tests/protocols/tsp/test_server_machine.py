@@ -58,20 +58,24 @@ OFFER = Tunnel(
     action=Action.INFO,
     type=TunnelType.V6UDPV4,
     lifetime=1440,
-    server=Endpoint(addresses=(Address(AddressType.IPV4, "192.0.2.1"),
-                               Address(AddressType.IPV6, "2001:db8::1"))),
-    client=Endpoint(addresses=(Address(AddressType.IPV4, "127.0.0.1"),
-                               Address(AddressType.IPV6, "2001:db8::2"))),
+    server=Endpoint(
+        addresses=(Address(AddressType.IPV4, "192.0.2.1"), Address(AddressType.IPV6, "2001:db8::1"))
+    ),
+    client=Endpoint(
+        addresses=(Address(AddressType.IPV4, "127.0.0.1"), Address(AddressType.IPV6, "2001:db8::2"))
+    ),
 )
 
 SETTINGS = ServerSettings(realm="testrealm", tunnel_types=(TunnelType.V6V4, TunnelType.V6UDPV4))
 
 
 def make(transport: Transport = Transport.UDP, **kw: object) -> ServerSession:
-    settings = ServerSettings(**{"realm": "testrealm",
-                                 "tunnel_types": (TunnelType.V6V4, TunnelType.V6UDPV4), **kw})
-    return ServerSession(settings, transport=transport, ipv6_session=False,
-                         nonce="1234567890", now=0.0)
+    settings = ServerSettings(
+        **{"realm": "testrealm", "tunnel_types": (TunnelType.V6V4, TunnelType.V6UDPV4), **kw}
+    )
+    return ServerSession(
+        settings, transport=transport, ipv6_session=False, nonce="1234567890", now=0.0
+    )
 
 
 def events(s: ServerSession) -> list[Event]:
@@ -217,7 +221,10 @@ def test_capability_follows_transport_and_family() -> None:
     assert feed(tcp, b"VERSION=2.0.2\r\n")[0].startswith(b"CAPABILITY TUNNEL=V6V4 AUTH=")
     v6 = ServerSession(
         ServerSettings(realm="r", tunnel_types=(TunnelType.V6V4, TunnelType.V4V6)),
-        transport=Transport.TCP, ipv6_session=True, nonce="n", now=0.0,
+        transport=Transport.TCP,
+        ipv6_session=True,
+        nonce="n",
+        now=0.0,
     )
     assert feed(v6, b"VERSION=2.0.2\r\n")[0].startswith(b"CAPABILITY TUNNEL=V4V6 AUTH=")
 
@@ -343,10 +350,24 @@ def test_arbitrary_input_never_raises(chunks: list[bytes], transport: Transport)
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.sampled_from([
-    b"VERSION=2.0.2\r\n", b"AUTHENTICATE ANONYMOUS\r\n\0", b"AUTHENTICATE PLAIN\r\n\0",
-    b"\0a\0b\r\n", GOGOC_CREATE, ACCEPT, REJECT, b"", b"junk\r\n",
-]), max_size=12))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"VERSION=2.0.2\r\n",
+                b"AUTHENTICATE ANONYMOUS\r\n\0",
+                b"AUTHENTICATE PLAIN\r\n\0",
+                b"\0a\0b\r\n",
+                GOGOC_CREATE,
+                ACCEPT,
+                REJECT,
+                b"",
+                b"junk\r\n",
+            ]
+        ),
+        max_size=12,
+    )
+)
 def test_any_order_of_valid_messages_is_handled(msgs: list[bytes]) -> None:
     s = make()
     for m in msgs:

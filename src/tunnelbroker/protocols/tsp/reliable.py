@@ -76,7 +76,9 @@ class ReliableUdpServer:
             if header.seq == self._last_seq:
                 self.duplicates += 1
                 # Echo the retransmission's own timestamp: the client measures RTT from it.
-                return Received(Disposition.RESEND, header, reply=header.to_wire() + self._last_reply)
+                return Received(
+                    Disposition.RESEND, header, reply=header.to_wire() + self._last_reply
+                )
             if not seq_newer(header.seq, self._last_seq):
                 self.strays += 1
                 return Received(Disposition.DROP, header)

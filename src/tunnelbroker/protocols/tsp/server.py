@@ -326,10 +326,17 @@ class ServerSession:
             self._fail(e.code, str(e), fatal=True)
             return
         self._drain_reader()
-        # A datagram is self-contained: nothing may carry over into the next one, except the
-        # rest of a Content-length body (a request split over datagrams).
-        if self.state not in _CONTENT_STATES and self._reader.pending():
+        # A datagram is one whole message (RFC 5572 §3.2): nothing carries over to the next.
+        # Trailing bytes (gogoc's NULs) are dropped; a body cut short is an error.
+        if self._reader.pending() or self._reader.in_body:
+            truncated = self._reader.in_body
             self._reader.take_rest()
+            if truncated and self.state in _CONTENT_STATES:
+                self._fail(
+                    StatusCode.INVALID_REQUEST_FORMAT,
+                    "Content-length does not match the datagram",
+                    fatal=False,
+                )
 
     def _drain_reader(self) -> None:
         while self.state is not State.CLOSED and not self.awaiting:
