@@ -15,6 +15,7 @@ from tunnelbroker.broker.service import Broker
 from tunnelbroker.broker.users import UserService
 from tunnelbroker.config import Config
 from tunnelbroker.listeners.tsp import TspService, start_tsp
+from tunnelbroker.listeners.udp_endpoint import PktinfoEndpoint
 from tunnelbroker.protocols.tsp.messages import TunnelType
 from tunnelbroker.protocols.tsp.server import ServerSettings, referral_addresses
 from tunnelbroker.store.database import Store
@@ -46,7 +47,7 @@ class Daemon:
         self.broker: Broker | None = None
         self.tsp: TspService | None = None
         self.tsp_port: int = config.tsp.port
-        self._udp: list[asyncio.DatagramTransport] = []
+        self._udp: list[PktinfoEndpoint] = []
         self._tcp: list[asyncio.Server] = []
         self._housekeeping: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()

@@ -290,3 +290,14 @@ async def test_tunnels_survive_a_restart(tmp_path: Path) -> None:
     assert a.client is not None and b.client is not None
     assert a.client.addresses == b.client.addresses  # same IPv6 after a restart
     assert a.client.router == b.client.router  # and the same prefix
+
+
+async def test_wildcard_listener_answers_from_the_targeted_address(tmp_path: Path) -> None:
+    # 127.0.0.2 is ours too, but the route back to 127.0.0.1 would pick 127.0.0.1 as source;
+    # a connected socket (as gogoc uses) drops a reply from anything but 127.0.0.2.
+    cfg = config(tmp_path, tsp={"listen": ["0.0.0.0"]})
+    async with running(cfg) as d:
+        reply = await asyncio.to_thread(
+            lambda: Udp(d.tsp_port, "127.0.0.2").call(b"VERSION=2.0.2\r\n")
+        )
+    assert reply.startswith(b"CAPABILITY ")

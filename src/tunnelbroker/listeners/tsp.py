@@ -20,6 +20,7 @@ from tunnelbroker.broker.model import BrokerError, Requester
 from tunnelbroker.broker.service import Broker
 from tunnelbroker.broker.users import UserService
 from tunnelbroker.listeners.tsp_mapping import REFUSAL_CODES, family_of, to_offer, to_request
+from tunnelbroker.listeners.udp_endpoint import PktinfoEndpoint
 from tunnelbroker.protocols.tsp import framing
 from tunnelbroker.protocols.tsp.errors import DecodeError, RemoteProtocolError, StatusCode
 from tunnelbroker.protocols.tsp.events import (
@@ -250,9 +251,11 @@ class _UdpPeer:
     reliable: ReliableUdpServer
     ctx: SessionContext
     last_seen: float
+    #: Our address the client sent to: replies must come from it (tsp.md §2.3).
+    local: str | None = None
 
 
-class TspUdpProtocol(asyncio.DatagramProtocol):
+class TspUdpProtocol:
     """TSP over UDP: one session per client address and port.
 
     State is created only for a well-formed header carrying ``VERSION=`` (STYLE.md pattern 8);
@@ -270,13 +273,12 @@ class TspUdpProtocol(asyncio.DatagramProtocol):
         self.ipv6 = ipv6
         self.data_handler = data_handler
         self.peers: dict[tuple[str, int], _UdpPeer] = {}
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: PktinfoEndpoint | None = None
         self.dropped = 0
         self._sweeper: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # The selector loop's datagram transport does not subclass DatagramTransport.
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def connection_made(self, transport: PktinfoEndpoint) -> None:
+        self.transport = transport
         self._schedule_sweep()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -286,8 +288,7 @@ class TspUdpProtocol(asyncio.DatagramProtocol):
             self.service.release(peer.ctx)
         self.peers.clear()
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
-        addr = (addr[0], addr[1])
+    def datagram_received_on(self, data: bytes, addr: tuple[str, int], local: str | None) -> None:
         if not data:
             return
         first = data[0] >> 4
@@ -306,7 +307,7 @@ class TspUdpProtocol(asyncio.DatagramProtocol):
             if not _is_version(data):
                 self.dropped += 1
                 return
-            peer = self._new_peer(addr, now, peer, data)
+            peer = self._new_peer(addr, now, peer, data, local)
             if peer is None:
                 return
         try:
@@ -316,7 +317,7 @@ class TspUdpProtocol(asyncio.DatagramProtocol):
             return
         peer.last_seen = now
         if received.disposition is Disposition.RESEND:
-            self._sendto(received.reply, addr)
+            self._sendto(received.reply, addr, peer.local)
             return
         if received.disposition is Disposition.DROP:
             return
@@ -324,7 +325,12 @@ class TspUdpProtocol(asyncio.DatagramProtocol):
         self.service.pump(peer.ctx)
 
     def _new_peer(
-        self, addr: tuple[str, int], now: float, replacing: _UdpPeer | None, data: bytes
+        self,
+        addr: tuple[str, int],
+        now: float,
+        replacing: _UdpPeer | None,
+        data: bytes,
+        local: str | None,
     ) -> _UdpPeer | None:
         if replacing is not None:
             self._forget(addr)
@@ -332,7 +338,7 @@ class TspUdpProtocol(asyncio.DatagramProtocol):
             self.service.sessions_refused += 1
             # A stateless 530 (gogoc waits and retries), smaller than the VERSION it answers
             # so the port cannot amplify a spoofed flood.
-            self._sendto(data[: framing.HEADER_SIZE] + b"530\r\n", addr)
+            self._sendto(data[: framing.HEADER_SIZE] + b"530\r\n", addr, local)
             return None
         self.service.sessions_started += 1
         session = self.service.new_session(Transport.UDP, self.ipv6)
@@ -340,16 +346,16 @@ class TspUdpProtocol(asyncio.DatagramProtocol):
 
         def send(writes: list[bytes]) -> None:
             if reliable.pending is not None:
-                self._sendto(reliable.reply(b"".join(writes)), addr)
+                self._sendto(reliable.reply(b"".join(writes)), addr, local)
 
         ctx = SessionContext(session, addr, "udp", send, lambda: None)
-        peer = _UdpPeer(reliable, ctx, now)
+        peer = _UdpPeer(reliable, ctx, now, local)
         self.peers[addr] = peer
         return peer
 
-    def _sendto(self, datagram: bytes, addr: tuple[str, int]) -> None:
+    def _sendto(self, datagram: bytes, addr: tuple[str, int], local: str | None) -> None:
         if self.transport is not None:
-            self.transport.sendto(datagram, addr)
+            self.transport.sendto(datagram, addr, local)
 
     def _forget(self, addr: tuple[str, int]) -> None:
         peer = self.peers.pop(addr, None)
@@ -494,22 +500,22 @@ async def start_tsp(
     hosts: list[str],
     port: int,
     data_handler: Callable[[bytes, tuple[str, int]], None] | None = None,
-) -> tuple[list[asyncio.DatagramTransport], list[asyncio.Server], int]:
+) -> tuple[list[PktinfoEndpoint], list[asyncio.Server], int]:
     """Start UDP and TCP listeners on every host; returns them and the port for shutdown.
 
     Port 0 picks a free port (for tests): the first UDP socket's, then used everywhere.
     """
     loop = asyncio.get_running_loop()
-    udp: list[asyncio.DatagramTransport] = []
+    udp: list[PktinfoEndpoint] = []
     tcp: list[asyncio.Server] = []
     for host in hosts:
         ipv6 = ":" in host
         usock = bind_socket(host, port, socket.SOCK_DGRAM)
         port = usock.getsockname()[1]
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda ipv6=ipv6: TspUdpProtocol(service, ipv6, data_handler), sock=usock
-        )
-        udp.append(transport)
+        protocol = TspUdpProtocol(service, ipv6, data_handler)
+        endpoint = PktinfoEndpoint(usock, protocol)
+        protocol.connection_made(endpoint)
+        udp.append(endpoint)
         tsock = bind_socket(host, port, socket.SOCK_STREAM)
         server = await loop.create_server(
             lambda ipv6=ipv6: TspTcpProtocol(service, ipv6), sock=tsock, backlog=1024
