@@ -8,13 +8,14 @@ in worker threads so the event loop keeps serving other sessions meanwhile.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from tunnelbroker.broker.model import BrokerError, Requester
 from tunnelbroker.broker.service import Broker
@@ -156,8 +157,8 @@ class TspService:
 
     # ------------------------------------------------------------------ decisions
 
-    def _spawn(self, ctx: SessionContext, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, ctx: SessionContext, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         ctx.tasks.add(task)
         task.add_done_callback(ctx.tasks.discard)
 
@@ -409,8 +410,8 @@ class TspTcpProtocol(asyncio.Protocol):
         now = time.monotonic()
         if not self.service.broker.admit_session(peer[0], now):
             self.service.sessions_refused += 1
-            transport.write(StatusCode.SERVER_TOO_BUSY.to_line().encode() + b"\r\n")
-            transport.close()
+            self.transport.write(StatusCode.SERVER_TOO_BUSY.to_line().encode() + b"\r\n")
+            self.transport.close()
             return
         self.service.sessions_started += 1
         session = self.service.new_session(Transport.TCP, self.ipv6)
@@ -518,7 +519,7 @@ async def start_tsp(
         udp.append(endpoint)
         tsock = bind_socket(host, port, socket.SOCK_STREAM)
         server = await loop.create_server(
-            lambda ipv6=ipv6: TspTcpProtocol(service, ipv6), sock=tsock, backlog=1024
+            functools.partial(TspTcpProtocol, service, ipv6), sock=tsock, backlog=1024
         )
         tcp.append(server)
     return udp, tcp, port
