@@ -1,0 +1,240 @@
+"""``tunnelbroker client``: negotiate a tunnel with a TSP broker and show what it granted.
+
+Errors print one ``error: ...`` line to stderr (with the TSP code and the server's text when
+the broker refused) and exit 1; unusable arguments exit 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from tunnelbroker.client.tsp import DEFAULT_PORT, Negotiated, TspClientError, negotiate
+
+_PASSWORD_ENV = "TUNNELBROKER_PASSWORD"
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+def parse_server(value: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 literal.
+
+    Raises:
+        click.BadParameter: an empty host or a port outside 1..65535.
+    """
+    host, port = value.strip(), ""
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0 or (host[end + 1 :] and not host[end + 1 :].startswith(":")):
+            raise click.BadParameter(f"{value!r}: expected [address] or [address]:port")
+        host, port = host[1:end], host[end + 2 :]
+    elif host.count(":") == 1:
+        host, port = host.split(":")
+    if not host:
+        raise click.BadParameter(f"{value!r}: no host")
+    if not port:
+        return host, DEFAULT_PORT
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise click.BadParameter(f"{value!r}: the port must be 1-65535")
+    return host, int(port)
+
+
+def _password(username: str | None, from_stdin: bool) -> str | None:
+    if username is None:
+        return None
+    if from_stdin:
+        line = sys.stdin.readline().rstrip("\r\n")
+        if not line:
+            _fail("--password-stdin: no password on standard input", 2)
+        return line
+    env = os.environ.get(_PASSWORD_ENV)
+    if env:
+        return env
+    if sys.stdin.isatty():
+        return str(click.prompt("Password", hide_input=True))
+    _fail(f"a password is needed: use --password-stdin or set {_PASSWORD_ENV}", 2)
+
+
+def _summary(n: Negotiated) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    via = f"{n.server} ({n.server_address}) port {n.port} over {n.transport.upper()}"
+    table.add_row("broker", via)
+    if n.redirects:
+        table.add_row("redirected via", " -> ".join(n.redirects))
+    table.add_row("session", f"TSP {n.version}, {n.mechanism}")
+    asked = f" (asked for {n.requested_type})" if n.requested_type != n.tunnel_type else ""
+    table.add_row("tunnel type", n.tunnel_type + asked)
+    table.add_row("server endpoint", f"{n.server_ipv4}  {n.server_ipv6}")
+    table.add_row("client endpoint", f"{n.client_ipv4}  {n.client_ipv6}")
+    if n.client_ipv4 != n.local_address and n.tunnel_type != "v4v6":
+        table.add_row("local address", n.local_address)
+    if n.client_name:
+        table.add_row("client name", n.client_name)
+    if n.prefix is not None:
+        table.add_row("delegated prefix", f"{n.prefix}/{n.prefix_length}")
+    if n.keepalive_interval is not None:
+        table.add_row("keepalive", f"every {n.keepalive_interval} s to {n.keepalive_address}")
+    if n.lifetime is not None:
+        table.add_row("lifetime", f"{n.lifetime} min")
+    if n.dns_servers:
+        table.add_row("resolvers", ", ".join(n.dns_servers))
+    console = Console(file=sys.stdout, highlight=False)
+    console.print("[green]Tunnel negotiated.[/green]")
+    console.print(table)
+    console.print("[dim]The tunnel is not brought up on this host (not implemented yet).[/dim]")
+
+
+@click.command()
+@click.argument("server", metavar="SERVER[:PORT]")
+@click.option(
+    "--transport",
+    type=click.Choice(["auto", "udp", "tcp"], case_sensitive=False),
+    default="auto",
+    show_default=True,
+    help="Signalling transport; auto tries UDP, then TCP. v6udpv4 needs UDP.",
+)
+@click.option(
+    "--type",
+    "tunnel_type",
+    type=click.Choice(["v6anyv4", "v6v4", "v6udpv4", "v4v6"], case_sensitive=False),
+    default="v6anyv4",
+    show_default=True,
+    help="Tunnel type; v6anyv4 lets the broker pick v6v4, or v6udpv4 behind a NAT.",
+)
+@click.option(
+    "--auth",
+    type=click.Choice(["any", "anonymous", "plain", "digest-md5"], case_sensitive=False),
+    default="any",
+    show_default=True,
+    help="SASL mechanism; any = DIGEST-MD5, else PLAIN (anonymous without --user).",
+)
+@click.option("--user", "username", help="Account name.")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help=f"Read the password from the first line of stdin (else ${_PASSWORD_ENV}).",
+)
+@click.option(
+    "--router/--host",
+    "router",
+    default=None,
+    help="Router mode asks for a delegated prefix; host mode (default) does not.",
+)
+@click.option(
+    "--prefix-length",
+    type=click.IntRange(0, 64),
+    help="Delegated prefix length (implies --router; 0: the broker's default).",
+)
+@click.option(
+    "--dns-server",
+    "dns_servers",
+    multiple=True,
+    metavar="NAME",
+    help="Nameserver for reverse DNS of the prefix (router mode; repeatable).",
+)
+@click.option(
+    "--keepalive",
+    type=click.IntRange(0, 86400),
+    default=30,
+    show_default=True,
+    help="Requested keepalive interval in seconds (the broker decides); 0: none.",
+)
+@click.option(
+    "--client-ipv4",
+    default="auto",
+    show_default=True,
+    metavar="auto|ADDR",
+    help="IPv4 endpoint to announce; auto: the local address of the signalling socket.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the parameters as JSON.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Give up after this many seconds.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log the negotiation to stderr.")
+def client(
+    server: str,
+    transport: str,
+    tunnel_type: str,
+    auth: str,
+    username: str | None,
+    password_stdin: bool,
+    router: bool | None,
+    prefix_length: int | None,
+    dns_servers: tuple[str, ...],
+    keepalive: int,
+    client_ipv4: str,
+    as_json: bool,
+    timeout: float,
+    verbose: bool,
+) -> None:
+    """Negotiate a tunnel with the TSP broker SERVER (RFC 5572) and print what it granted.
+
+    This only negotiates (and accepts) the tunnel with the broker; bringing the tunnel up on
+    this host (interfaces, routes, keepalives) is not done yet.
+    """
+    host, port = parse_server(server)
+    auth = auth.upper()
+    if auth == "ANONYMOUS" and username is not None:
+        raise click.UsageError("--user cannot be used with --auth anonymous")
+    if auth in ("PLAIN", "DIGEST-MD5") and username is None:
+        raise click.UsageError(f"--auth {auth.lower()} needs --user")
+    if router is False and (prefix_length is not None or dns_servers):
+        raise click.UsageError("--prefix-length and --dns-server need router mode")
+    if prefix_length is not None or dns_servers:
+        router = True
+    password = _password(username, password_stdin)
+    if verbose:
+        logging.basicConfig(
+            level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+        )
+    try:
+        result = asyncio.run(
+            _negotiate_and_close(
+                host,
+                port=port,
+                transport=transport.lower(),
+                tunnel_type=tunnel_type.lower(),
+                mechanism=auth,
+                username=username,
+                password=password,
+                client_ipv4=client_ipv4,
+                router=(prefix_length or 0) if router else None,
+                dns_servers=dns_servers,
+                keepalive=keepalive or None,
+                timeout=timeout,
+            )
+        )
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    except TspClientError as e:
+        _fail(str(e))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        _summary(result)
+
+
+async def _negotiate_and_close(server: str, **kwargs: Any) -> Negotiated:
+    # The flow must be closed on its own loop; the broker keeps the tunnel regardless.
+    result = await negotiate(server, **kwargs)
+    result.close()
+    await asyncio.sleep(0)
+    return result
