@@ -35,6 +35,9 @@ def serve(config_path: str | None, data_dir: str | None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if config.logging.level != "DEBUG":
+        # Alembic announces every plugin it loads at INFO; the migration itself stays visible.
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         asyncio.run(run(config))
     except OSError as e:
