@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -52,17 +53,8 @@ from tunnelbroker.protocols.tsp.reliable_client import ReliableUdpClient
 from tunnelbroker.protocols.tsp.server import ServerSession, ServerSettings, Transport
 
 # tsp.md §2.5, "What gogoc sends (measured here)": v6udpv4 with keepalive_interval=5.
-GOGOC_CREATE = (
-    b"Content-length: 213\r\n"
-    b'<tunnel action="create" type="v6udpv4" proxy="no">\r\n'
-    b" <client>\r\n"
-    b'  <address type="ipv4">127.0.0.1</address>\r\n'
-    b'  <keepalive interval="5">\r\n'
-    b'    <address type="ipv6">::</address>\r\n'
-    b"  </keepalive>\r\n"
-    b" </client>\r\n"
-    b"</tunnel>\r\n"
-)
+# tsp.md §2.5 "What gogoc sends", captured byte for byte (CRLF line ends).
+GOGOC_CREATE = (Path(__file__).parent / "data" / "gogoc_create_v6udpv4.bin").read_bytes()
 GOGOC_ACCEPT = b'Content-length: 35\r\n<tunnel action="accept"></tunnel>\r\n'
 # tsp.md §2.5, host_type=router, prefixlen=56, dns_server=ns1.example.net:ns2.example.net.
 GOGOC_ROUTER_BLOCK = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import textwrap
+from pathlib import Path
 
 import defusedxml.ElementTree
 import pytest
@@ -417,17 +418,8 @@ def test_referral_rendering() -> None:
 # gogoc (tsp.md §2.5)
 # --------------------------------------------------------------------------------------------
 
-GOGOC_CREATE = (
-    b"Content-length: 213\r\n"
-    b'<tunnel action="create" type="v6udpv4" proxy="no">\r\n'
-    b" <client>\r\n"
-    b'  <address type="ipv4">127.0.0.1</address>\r\n'
-    b'  <keepalive interval="5">\r\n'
-    b'    <address type="ipv6">::</address>\r\n'
-    b"  </keepalive>\r\n"
-    b" </client>\r\n"
-    b"</tunnel>\r\n"
-)
+# tsp.md §2.5 "What gogoc sends", captured byte for byte (CRLF line ends).
+GOGOC_CREATE = (Path(__file__).parent / "data" / "gogoc_create_v6udpv4.bin").read_bytes()
 GOGOC_CREATE_TUNNEL = Tunnel(
     Action.CREATE,
     TunnelType.V6UDPV4,

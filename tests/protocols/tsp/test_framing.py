@@ -6,6 +6,7 @@ Vectors come from RFC 5572 and from gogoc 1.2 as captured in /work/shared/refere
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
@@ -37,17 +38,8 @@ from tunnelbroker.protocols.tsp.framing import (
 from tunnelbroker.protocols.tsp.messages import TunnelType
 
 # tsp.md §2.5 "What gogoc sends", byte for byte (every line ends in CRLF).
-GOGOC_CREATE = (
-    b"Content-length: 213\r\n"
-    b'<tunnel action="create" type="v6udpv4" proxy="no">\r\n'
-    b" <client>\r\n"
-    b'  <address type="ipv4">127.0.0.1</address>\r\n'
-    b'  <keepalive interval="5">\r\n'
-    b'    <address type="ipv6">::</address>\r\n'
-    b"  </keepalive>\r\n"
-    b" </client>\r\n"
-    b"</tunnel>\r\n"
-)
+# tsp.md §2.5 "What gogoc sends", captured byte for byte (CRLF line ends).
+GOGOC_CREATE = (Path(__file__).parent / "data" / "gogoc_create_v6udpv4.bin").read_bytes()
 GOGOC_ACCEPT = b'Content-length: 35\r\n<tunnel action="accept"></tunnel>\r\n'
 
 

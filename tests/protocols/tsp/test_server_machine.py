@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -40,17 +41,8 @@ from tunnelbroker.protocols.tsp.server import (
     Transport,
 )
 
-GOGOC_CREATE = (
-    b"Content-length: 213\r\n"
-    b'<tunnel action="create" type="v6udpv4" proxy="no">\r\n'
-    b" <client>\r\n"
-    b'  <address type="ipv4">127.0.0.1</address>\r\n'
-    b'  <keepalive interval="5">\r\n'
-    b'    <address type="ipv6">::</address>\r\n'
-    b"  </keepalive>\r\n"
-    b" </client>\r\n"
-    b"</tunnel>\r\n"
-)
+# tsp.md §2.5 "What gogoc sends", captured byte for byte (CRLF line ends).
+GOGOC_CREATE = (Path(__file__).parent / "data" / "gogoc_create_v6udpv4.bin").read_bytes()
 ACCEPT = b'Content-length: 35\r\n<tunnel action="accept"></tunnel>\r\n'
 REJECT = b'Content-length: 35\r\n<tunnel action="reject"></tunnel>\r\n'
 
