@@ -80,6 +80,8 @@ class TspSection(_Section):
     idle_timeout: float = Field(30.0, gt=0)
     #: A session that has not finished negotiating after this long is closed, seconds.
     session_timeout: float = Field(120.0, gt=0)
+    #: UDP socket receive buffer, bytes (0: the system default). Absorbs sign-up bursts.
+    udp_receive_buffer: int = Field(4 * 1024 * 1024, ge=0, le=1 << 30)
     #: Other brokers to refer clients to (1000+ codes) when this one is full or lacks a type.
     referrals: list[str] = []
 

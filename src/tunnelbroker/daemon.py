@@ -71,7 +71,10 @@ class Daemon:
         self.tsp = TspService(self.broker, users, server_settings(config))
         if config.tsp.enabled:
             self._udp, self._tcp, self.tsp_port = await start_tsp(
-                self.tsp, config.tsp.listen, config.tsp.port
+                self.tsp,
+                config.tsp.listen,
+                config.tsp.port,
+                receive_buffer=config.tsp.udp_receive_buffer,
             )
         self._housekeeping = asyncio.create_task(self._expire_loop())
         log.info(

@@ -64,9 +64,8 @@ def who(
 
 
 def setup(b: Broker, req: TunnelRequest, w: Requester, now: float = NOW):  # type: ignore[no-untyped-def]
-    grant, record = b.request(req, w, now)
-    b.commit(record, now)
-    return grant, record
+    grant, offer = b.request(req, w, now)
+    return grant, b.commit(offer, now)
 
 
 def add_user(h: Harness, name: str = "alice") -> int:
@@ -265,12 +264,43 @@ def test_limits_per_ipv4_per_user_and_total(tmp_path: Path) -> None:
 
 
 def test_abandoned_offer_returns_its_addresses(h: Harness) -> None:
-    g1, r1 = h.broker.request(TunnelRequest(Encapsulation.V6V4, "198.51.100.7"), who(), NOW)
-    h.broker.abandon(r1)
+    g1, o1 = h.broker.request(TunnelRequest(Encapsulation.V6V4, "198.51.100.7"), who(), NOW)
+    h.broker.abandon(o1)
     g2, _ = setup(h.broker, TunnelRequest(Encapsulation.V6V4, "198.51.100.7"), who())
     assert g2.client_inner == g1.client_inner
     with pytest.raises(BrokerError):
-        h.broker.commit(r1, NOW)
+        h.broker.commit(o1, NOW)
+
+
+def test_concurrent_offers_for_one_tunnel_both_commit(h: Harness) -> None:
+    # A client re-signals from two ports before either session has finished.
+    setup(h.broker, TunnelRequest(None, "10.0.0.1"), who(port=1000))
+    ga, oa = h.broker.request(TunnelRequest(None, "10.0.0.1"), who(port=2000), NOW)
+    gb, ob = h.broker.request(TunnelRequest(None, "10.0.0.1"), who(port=3000), NOW)
+    ra = h.broker.commit(oa, NOW)
+    rb = h.broker.commit(ob, NOW)
+    assert ra is rb and rb.client_port == 3000 and ga.client_inner == gb.client_inner
+    assert len(h.broker.tunnels) == 1
+
+
+def test_racing_new_anonymous_sessions_leave_one_tunnel(h: Harness) -> None:
+    _, oa = h.broker.request(TunnelRequest(None, "10.0.0.1"), who(port=2000), NOW)
+    _, ob = h.broker.request(TunnelRequest(None, "10.0.0.1"), who(port=3000), NOW)
+    h.broker.commit(oa, NOW)
+    rb = h.broker.commit(ob, NOW)
+    assert list(h.broker.tunnels.values()) == [rb]
+
+
+def test_abandoning_one_of_two_offers_keeps_the_shared_addresses(h: Harness) -> None:
+    uid = add_user(h)
+    ga, oa = h.broker.request(TunnelRequest(Encapsulation.V6V4, "198.51.100.7"), who(user=uid), NOW)
+    gb, ob = h.broker.request(TunnelRequest(None, "10.0.0.1"), who(user=uid), NOW)
+    assert ga.client_inner == gb.client_inner
+    h.broker.abandon(oa)
+    setup(h.broker, TunnelRequest(Encapsulation.V6V4, "198.51.100.8"), who("198.51.100.8"))
+    rb = h.broker.commit(ob, NOW)
+    links = [t.link_prefix for t in h.broker.tunnels.values()]
+    assert len(set(links)) == 2 and rb.link_prefix in links
 
 
 def test_anonymous_tunnels_expire_and_release_their_addresses(h: Harness) -> None:

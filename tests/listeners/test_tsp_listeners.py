@@ -301,3 +301,74 @@ async def test_wildcard_listener_answers_from_the_targeted_address(tmp_path: Pat
             lambda: Udp(d.tsp_port, "127.0.0.2").call(b"VERSION=2.0.2\r\n")
         )
     assert reply.startswith(b"CAPABILITY ")
+
+
+def _bound_udp(port: int, local_port: int) -> Udp:
+    c = Udp.__new__(Udp)
+    c.s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    _OPEN.append(c.s)
+    c.s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    c.s.bind(("127.0.0.1", local_port))
+    c.s.settimeout(2)
+    c.s.connect(("127.0.0.1", port))
+    c.seq = 240
+    return c
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_new_client_socket_on_the_same_port_starts_a_new_session(broker: Daemon) -> None:
+    # gogoc restarts its sequence at 240 on every socket; a NAT may reuse the port.
+    local = _free_port()
+
+    def run() -> None:
+        for _ in range(2):
+            c = _bound_udp(broker.tsp_port, local)
+            assert c.call(b"VERSION=2.0.2\r\n").startswith(b"CAPABILITY ")
+            assert c.call(b"AUTHENTICATE ANONYMOUS\r\n\0") == b"200 Success\r\n"
+            assert reply_of(c.call(create())).code == 200
+            assert c.call(ACCEPT) == b""
+            c.s.close()
+
+    await asyncio.to_thread(run)
+    assert broker.broker is not None and len(broker.broker.tunnels) == 1
+
+
+async def test_re_signalling_from_new_ports_does_not_pile_up_peers(tmp_path: Path) -> None:
+    async with running(config(tmp_path, tsp={"idle_timeout": 0.2})) as d:
+        for _ in range(5):
+            await asyncio.to_thread(anonymous_udp, d.tsp_port, "v6udpv4", "10.1.1.1")
+        await asyncio.sleep(1.2)  # two sweeps
+        udp = d._udp[0].get_protocol()
+        assert isinstance(udp, TspUdpProtocol)
+        assert d.broker is not None and len(d.broker.tunnels) == 1
+        (tunnel,) = d.broker.tunnels.values()
+        # Only the flow the tunnel now uses is kept.
+        assert list(udp.peers) == [(tunnel.client_ipv4, tunnel.client_port)]
+
+
+async def test_two_racing_re_signals_are_both_answered(broker: Daemon) -> None:
+    def run() -> None:
+        anonymous_udp(broker.tsp_port, "v6udpv4", "10.2.2.2")
+        a, b = Udp(broker.tsp_port), Udp(broker.tsp_port)
+        for c in (a, b):
+            c.call(b"VERSION=2.0.2\r\n")
+            c.call(b"AUTHENTICATE ANONYMOUS\r\n\0")
+        assert reply_of(a.call(create(addr="10.2.2.2"))).code == 200
+        assert reply_of(b.call(create(addr="10.2.2.2"))).code == 200
+        assert a.call(ACCEPT) == b""
+        assert b.call(ACCEPT) == b""
+
+    await asyncio.to_thread(run)
+    assert broker.broker is not None and len(broker.broker.tunnels) == 1
+
+
+def test_the_udp_receive_buffer_is_raised() -> None:
+    from tunnelbroker.listeners.tsp import set_receive_buffer
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        assert set_receive_buffer(s, 4 << 20) >= 4 << 20  # CI runs as root: FORCE works

@@ -92,8 +92,8 @@ class Broker:
         self._tunnel_ids = itertools.count(1)
         self._alloc_ids = itertools.count(1)
         self._observers: list[Observer] = []
-        #: Offers made but not yet accepted, by id() of their record.
-        self._pending: dict[int, _Pending] = {}
+        #: Offers made but not yet accepted or abandoned.
+        self._offers: set[Offer] = set()
         limits = config.limits
         self._session_rate: KeyedRateLimiter[str] = KeyedRateLimiter(
             limits.sessions_per_second_per_ipv4, limits.session_burst_per_ipv4
@@ -162,9 +162,11 @@ class Broker:
 
     # ---------------------------------------------------------------- requests
 
-    def request(self, req: TunnelRequest, who: Requester, now: float) -> tuple[Grant, TunnelRecord]:
-        """Decide and allocate a tunnel; the record is live only after :meth:`commit`.
+    def request(self, req: TunnelRequest, who: Requester, now: float) -> tuple[Grant, Offer]:
+        """Decide and allocate a tunnel; it is live only after :meth:`commit` of the offer.
 
+        Several offers may stand for one tunnel at once (a client re-signalling before its
+        previous session has finished); whichever is accepted last wins.
         Raises BrokerError with the refusal.
         """
         encap, nat = self._choose_encapsulation(req, who)
@@ -226,7 +228,7 @@ class Broker:
             delegated = None
 
         claim = req.claimed_ipv4 if family == "ipv6" else req.claimed_ipv6
-        pending = _Pending(
+        offer = Offer(
             record,
             encap,
             endpoint_ipv4,
@@ -241,18 +243,27 @@ class Broker:
             existing is not None,
             claim or endpoint_ipv4 or endpoint_ipv6,
         )
-        grant = self._grant(pending, nat)
-        self._pending[id(record)] = pending
-        return grant, record
+        grant = self._grant(offer, nat)
+        self._offers.add(offer)
+        return grant, offer
 
-    def commit(self, record: TunnelRecord, now: float) -> TunnelRecord:
+    def commit(self, offer: Offer, now: float) -> TunnelRecord:
         """The client accepted: make the tunnel live and persist it."""
-        p = self._pending.pop(id(record), None)
-        if p is None:
-            raise BrokerError(Refusal.NO_TUNNEL, "no pending offer")
-        replacing = p.existing and record.state == "active"
+        if offer not in self._offers:
+            raise BrokerError(Refusal.NO_TUNNEL, "no such offer")
+        self._offers.discard(offer)
+        p = offer
+        record = offer.record
+        replacing = record.state == "active"
         if replacing:
             self._unindex(record)
+        elif record.user_id is None:
+            # Two sessions of one anonymous client raced for a new tunnel: the later replaces.
+            family = p.encap.family
+            key = (p.endpoint_ipv4 or p.endpoint_ipv6 or "", p.claimed_key or "", family)
+            rival = self._by_anon.get(key)
+            if rival is not None and rival is not record:
+                self._end(rival, "replaced by a newer session", now)
         if record.id is None:
             record.id = next(self._tunnel_ids)
         record.type = p.encap.value
@@ -282,12 +293,15 @@ class Broker:
         self._notify("updated" if replacing else "up", record)
         return record
 
-    def abandon(self, record: TunnelRecord) -> None:
+    def abandon(self, offer: Offer) -> None:
         """The offer was rejected or the session died before accepting: undo allocations."""
-        p = self._pending.pop(id(record), None)
-        if p is None:
+        if offer not in self._offers:
             return
-        for a in p.new_allocs:
+        self._offers.discard(offer)
+        for a in offer.new_allocs:
+            # Another standing offer of the same account may have picked this block up.
+            if any(a is o.link or a is o.delegated for o in self._offers):
+                continue
             self._pool_for(a.kind).release(ipaddress.ip_network(a.prefix))
             if a.user_id is not None:
                 self._user_allocs.pop((a.user_id, a.kind), None)
@@ -421,7 +435,7 @@ class Broker:
 
     def _check_limits(self, who: Requester) -> None:
         limits = self.config.limits
-        if len(self._tunnels) + len(self._pending) >= limits.max_tunnels:
+        if len(self._tunnels) + len(self._offers) >= limits.max_tunnels:
             raise BrokerError(Refusal.NO_CAPACITY)
         if who.user_id is not None:
             if self._per_user[who.user_id] >= limits.tunnels_per_user:
@@ -539,7 +553,7 @@ class Broker:
         # v4v6 /30: client is the first host, server the second (RFC 5572 Fig. 17).
         return str(link.network_address + 2), str(link.network_address + 1), 30
 
-    def _grant(self, p: _Pending, nat: bool) -> Grant:
+    def _grant(self, p: Offer, nat: bool) -> Grant:
         link = ipaddress.ip_network(p.link.prefix)
         server_inner, client_inner, plen = self._inner(link)
         domain = self.config.broker.client_domain
@@ -621,8 +635,10 @@ class Broker:
                 log.exception("observer failed on %s of tunnel %s", kind, t.id)
 
 
-@dataclass(slots=True)
-class _Pending:
+@dataclass(eq=False, slots=True)
+class Offer:
+    """A tunnel offered to a client and not yet accepted; compared by identity."""
+
     record: TunnelRecord
     encap: Encapsulation
     endpoint_ipv4: str | None

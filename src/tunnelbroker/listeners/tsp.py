@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from tunnelbroker.broker.model import BrokerError, Requester
-from tunnelbroker.broker.service import Broker
+from tunnelbroker.broker.service import Broker, Offer
 from tunnelbroker.broker.users import UserService
 from tunnelbroker.listeners.tsp_mapping import REFUSAL_CODES, family_of, to_offer, to_request
 from tunnelbroker.listeners.udp_endpoint import PktinfoEndpoint
@@ -65,7 +65,7 @@ class SessionContext:
     on_closed: Callable[[], None]
     user_id: int | None = None
     user_name: str | None = None
-    offered: TunnelRecord | None = None
+    offered: Offer | None = None
     tunnel: TunnelRecord | None = None
     admitted: bool = True
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -221,8 +221,13 @@ class TspService:
     def _on_accept(self, ctx: SessionContext) -> None:
         if ctx.offered is None:
             return
-        record = self.broker.commit(ctx.offered, self.clock())
-        ctx.offered = None
+        offer, ctx.offered = ctx.offered, None
+        try:
+            record = self.broker.commit(offer, self.clock())
+        except BrokerError as e:
+            # The client believes it has the tunnel; the log says why it has not.
+            log.error("tsp %s: accept could not be honoured: %s", _peer(ctx), e)
+            return
         ctx.tunnel = record
         self.tunnels_accepted += 1
         if ctx.admitted:
@@ -313,6 +318,18 @@ class TspUdpProtocol:
                 return
         try:
             received = peer.reliable.receive(data)
+            if received.disposition is Disposition.DROP and _is_version(data):
+                pending = peer.reliable.pending
+                header = received.header
+                if pending is None or header is None or pending.seq != header.seq:
+                    # A VERSION with an older sequence number is a new client socket on the
+                    # same address and port (gogoc restarts at 240; a NAT reuses the port):
+                    # a new session, not a stray.
+                    fresh = self._new_peer(addr, now, peer, data, local)
+                    if fresh is None:
+                        return
+                    peer = fresh
+                    received = peer.reliable.receive(data)
         except DecodeError:
             self.dropped += 1
             return
@@ -376,12 +393,26 @@ class TspUdpProtocol:
             if timer is not None and now >= timer:
                 session.handle_timer(now)
                 self.service.pump(peer.ctx)
-            if session.closed or (peer.ctx.tunnel is None and now - peer.last_seen > 2 * idle):
-                if peer.ctx.tunnel is None or session.closed:
-                    self._forget(addr)
-            elif peer.ctx.tunnel is not None and peer.ctx.tunnel.state != "active":
+            if session.closed or not self._worth_keeping(addr, peer, now - peer.last_seen > idle):
                 self._forget(addr)
         self._schedule_sweep()
+
+    @staticmethod
+    def _worth_keeping(addr: tuple[str, int], peer: _UdpPeer, idle: bool) -> bool:
+        """Keep a peer while it negotiates, or while it is the live flow of a v6udpv4 tunnel.
+
+        Anything else is dropped once idle, so that memory follows live tunnels, not the
+        number of sessions ever seen: a client that re-signals from a new port leaves its
+        old peer behind, and that one goes as soon as the tunnel has moved on.
+        """
+        t = peer.ctx.tunnel
+        if t is None:
+            return not idle
+        if t.state != "active":
+            return False
+        if t.type == "v6udpv4":
+            return (t.client_ipv4, t.client_port) == addr
+        return not idle
 
 
 def _is_version(datagram: bytes) -> bool:
@@ -480,6 +511,32 @@ class TspTcpProtocol(asyncio.Protocol):
 # ---------------------------------------------------------------------- sockets
 
 
+def set_receive_buffer(sock: socket.socket, size: int) -> int:
+    """Ask for a ``size``-byte receive buffer; returns what the kernel granted.
+
+    A burst of thousands of clients signalling at once (a PoP coming back, a reconnect storm)
+    overflows the default ~200 KiB UDP buffer and every lost datagram costs its client a
+    retransmission timeout. As root SO_RCVBUFFORCE passes net.core.rmem_max.
+    """
+    if size <= 0:
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    try:
+        if force is None:
+            raise PermissionError
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    granted = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)) // 2  # Linux doubles it
+    if granted < size:
+        log.warning(
+            "UDP receive buffer is %d bytes, not the %d asked for: raise net.core.rmem_max",
+            granted,
+            size,
+        )
+    return granted
+
+
 def bind_socket(host: str, port: int, kind: int) -> socket.socket:
     """A bound socket; IPv6 ones are v6-only so ``0.0.0.0`` and ``::`` can share a port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -501,6 +558,7 @@ async def start_tsp(
     hosts: list[str],
     port: int,
     data_handler: Callable[[bytes, tuple[str, int]], None] | None = None,
+    receive_buffer: int = 0,
 ) -> tuple[list[PktinfoEndpoint], list[asyncio.Server], int]:
     """Start UDP and TCP listeners on every host; returns them and the port for shutdown.
 
@@ -512,6 +570,7 @@ async def start_tsp(
     for host in hosts:
         ipv6 = ":" in host
         usock = bind_socket(host, port, socket.SOCK_DGRAM)
+        set_receive_buffer(usock, receive_buffer)
         port = usock.getsockname()[1]
         protocol = TspUdpProtocol(service, ipv6, data_handler)
         endpoint = PktinfoEndpoint(usock, protocol)
