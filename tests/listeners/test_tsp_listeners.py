@@ -372,3 +372,17 @@ def test_the_udp_receive_buffer_is_raised() -> None:
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         assert set_receive_buffer(s, 4 << 20) >= 4 << 20  # CI runs as root: FORCE works
+
+
+@pytest.mark.postgres
+async def test_the_broker_runs_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    cfg = config(tmp_path, database={"url": postgres_url})
+    async with running(cfg) as d:
+        _, first = await asyncio.to_thread(anonymous_udp, d.tsp_port, "v6udpv4", "10.3.3.3")
+    async with running(cfg) as d2:
+        assert d2.broker is not None and len(d2.broker.tunnels) == 1
+        _, second = await asyncio.to_thread(anonymous_udp, d2.tsp_port, "v6udpv4", "10.3.3.3")
+    a = codec.tunnel_from_xml(reply_of(first).xml)
+    b = codec.tunnel_from_xml(reply_of(second).xml)
+    assert a.client is not None and b.client is not None
+    assert a.client.addresses == b.client.addresses
