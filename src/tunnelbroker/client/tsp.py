@@ -32,7 +32,7 @@ import logging
 import secrets
 import socket
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -511,16 +511,8 @@ class _Negotiator:
         local = dt.get_extra_info("sockname")
         remote = dt.get_extra_info("peername")
         flow = UdpFlow(dt, proto, (local[0], local[1]), (remote[0], remote[1]))
-        try:
-            session = self._session("udp", version, host, str(local[0]))
-            ev = await self._run_udp(session, flow)
-        except BaseException:
-            flow.close()
-            raise
-        if isinstance(ev, Established):
-            return ev, session, flow, str(local[0])
-        flow.close()
-        return ev, session, None, str(local[0])
+        session = self._session("udp", version, host, str(local[0]))
+        return await self._drive(session, flow, self._run_udp(session, flow))
 
     async def _run_udp(self, session: ClientSession, flow: UdpFlow) -> Event:
         now = self.loop.time
@@ -589,16 +581,24 @@ class _Negotiator:
         local = writer.get_extra_info("sockname")
         remote = writer.get_extra_info("peername")
         flow = TcpFlow(reader, writer, (local[0], local[1]), (remote[0], remote[1]))
+        session = self._session("tcp", version, host, str(local[0]))
+        return await self._drive(session, flow, self._run_tcp(session, flow))
+
+    @staticmethod
+    async def _drive(
+        session: ClientSession, flow: UdpFlow | TcpFlow, run: Coroutine[Any, Any, Event]
+    ) -> _Outcome:
+        """Run one attempt; the flow stays open only if a tunnel was established on it."""
         try:
-            session = self._session("tcp", version, host, str(local[0]))
-            ev = await self._run_tcp(session, flow)
+            ev = await run
         except BaseException:
             flow.close()
             raise
+        local = str(flow.local[0])
         if isinstance(ev, Established):
-            return ev, session, flow, str(local[0])
+            return ev, session, flow, local
         flow.close()
-        return ev, session, None, str(local[0])
+        return ev, session, None, local
 
     async def _run_tcp(self, session: ClientSession, flow: TcpFlow) -> Event:
         now = self.loop.time
