@@ -122,7 +122,11 @@ class Daemon:
 async def running(config: Config) -> AsyncIterator[Daemon]:
     """A started daemon, shut down on exit (tests and benchmarks use this)."""
     daemon = Daemon(config)
-    await daemon.startup()
+    try:
+        await daemon.startup()
+    except BaseException:
+        await daemon.shutdown()
+        raise
     try:
         yield daemon
     finally:
@@ -133,7 +137,11 @@ async def serve(config: Config) -> None:
     """Run until SIGINT or SIGTERM; the previous handlers are restored afterwards."""
     daemon = Daemon(config)
     loop = asyncio.get_running_loop()
-    await daemon.startup()
+    try:
+        await daemon.startup()
+    except BaseException:
+        await daemon.shutdown()
+        raise
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, daemon.request_stop)

@@ -386,3 +386,24 @@ async def test_the_broker_runs_on_postgresql(postgres_url: str, tmp_path: Path) 
     b = codec.tunnel_from_xml(reply_of(second).xml)
     assert a.client is not None and b.client is not None
     assert a.client.addresses == b.client.addresses
+
+
+async def test_a_port_in_use_is_a_clear_error_and_nothing_stays_bound(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = config(tmp_path, tsp={"listen": ["127.0.0.1"], "port": port})
+        with pytest.raises(OSError):
+            async with running(cfg):
+                pass
+    # The UDP socket bound before TCP failed was released.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", port))
+
+
+async def test_a_second_broker_cannot_share_the_udp_port(broker: Daemon) -> None:
+    from tunnelbroker.listeners.tsp import bind_socket
+
+    with pytest.raises(OSError):
+        bind_socket("127.0.0.1", broker.tsp_port, socket.SOCK_DGRAM).close()

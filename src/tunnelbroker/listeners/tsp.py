@@ -8,6 +8,7 @@ in worker threads so the event loop keeps serving other sessions meanwhile.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import secrets
@@ -542,7 +543,10 @@ def bind_socket(host: str, port: int, kind: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, kind)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if kind == socket.SOCK_STREAM:
+            # TIME_WAIT must not block a restart. Not for UDP: there Linux would let a second
+            # broker bind the same port and silently split the traffic.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
@@ -562,23 +566,57 @@ async def start_tsp(
 ) -> tuple[list[PktinfoEndpoint], list[asyncio.Server], int]:
     """Start UDP and TCP listeners on every host; returns them and the port for shutdown.
 
-    Port 0 picks a free port (for tests): the first UDP socket's, then used everywhere.
+    Port 0 picks a free port (for tests): the first UDP socket's, then used everywhere; if
+    that number is taken for TCP or on another address, another is tried. On failure nothing
+    stays bound.
     """
+    attempts = 20 if port == 0 else 1
+    for attempt in range(attempts):
+        try:
+            return await _start_tsp_once(service, hosts, port, data_handler, receive_buffer)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _start_tsp_once(
+    service: TspService,
+    hosts: list[str],
+    port: int,
+    data_handler: Callable[[bytes, tuple[str, int]], None] | None,
+    receive_buffer: int,
+) -> tuple[list[PktinfoEndpoint], list[asyncio.Server], int]:
     loop = asyncio.get_running_loop()
     udp: list[PktinfoEndpoint] = []
     tcp: list[asyncio.Server] = []
-    for host in hosts:
-        ipv6 = ":" in host
-        usock = bind_socket(host, port, socket.SOCK_DGRAM)
-        set_receive_buffer(usock, receive_buffer)
-        port = usock.getsockname()[1]
-        protocol = TspUdpProtocol(service, ipv6, data_handler)
-        endpoint = PktinfoEndpoint(usock, protocol)
-        protocol.connection_made(endpoint)
-        udp.append(endpoint)
-        tsock = bind_socket(host, port, socket.SOCK_STREAM)
-        server = await loop.create_server(
-            functools.partial(TspTcpProtocol, service, ipv6), sock=tsock, backlog=1024
-        )
-        tcp.append(server)
+    try:
+        for host in hosts:
+            ipv6 = ":" in host
+            usock = bind_socket(host, port, socket.SOCK_DGRAM)
+            try:
+                set_receive_buffer(usock, receive_buffer)
+                port = usock.getsockname()[1]
+                protocol = TspUdpProtocol(service, ipv6, data_handler)
+                endpoint = PktinfoEndpoint(usock, protocol)
+            except BaseException:
+                usock.close()
+                raise
+            protocol.connection_made(endpoint)
+            udp.append(endpoint)
+            tsock = bind_socket(host, port, socket.SOCK_STREAM)
+            try:
+                server = await loop.create_server(
+                    functools.partial(TspTcpProtocol, service, ipv6), sock=tsock, backlog=1024
+                )
+            except BaseException:
+                tsock.close()
+                raise
+            tcp.append(server)
+    except BaseException:
+        for endpoint in udp:
+            endpoint.close()
+        for server in tcp:
+            server.close()
+        raise
     return udp, tcp, port
