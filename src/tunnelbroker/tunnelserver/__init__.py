@@ -1,0 +1,1 @@
+"""The tunnel server: the data plane that carries the tunnels' packets."""
