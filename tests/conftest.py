@@ -17,10 +17,13 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import pytest
 
+from tunnelbroker.lab.netns import netns_unavailable_reason
+from tunnelbroker.lab.topology import Lab, cleanup_stale
 from tunnelbroker.store import Store
 
 
@@ -178,3 +181,30 @@ def store(store_url: str) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+# ---------------------------------------------------------------- the network-namespace lab
+
+
+@cache
+def _unavailable() -> str | None:
+    reason = netns_unavailable_reason()
+    if reason is None:
+        # Once per session: namespaces of runs that were killed before they could clean up.
+        cleanup_stale()
+    return reason
+
+
+@pytest.fixture
+def netns_ok() -> None:
+    """Skip the test when network namespaces cannot be used here (not root, no iproute2...)."""
+    reason = _unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def lab(netns_ok: None) -> Iterator[Lab]:
+    """A started :class:`Lab`; closed after the test even when it fails."""
+    with Lab() as started:
+        yield started
