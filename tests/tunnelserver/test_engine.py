@@ -1,0 +1,223 @@
+"""The forwarding core: tables, ingress filtering, keepalive echo, MTU, expiry. No sockets."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import pytest
+
+from tunnelbroker.tunnelserver import packet
+from tunnelbroker.tunnelserver.engine import (
+    Drop,
+    Encap,
+    Expired,
+    ForwardingCore,
+    Out,
+    TunnelState,
+)
+
+
+def a6(text: str) -> bytes:
+    return ipaddress.IPv6Address(text).packed
+
+
+def a4(text: str) -> bytes:
+    return ipaddress.IPv4Address(text).packed
+
+
+INTERNET = "2001:db8:ffff::100"
+
+
+def udp6(src: str, dst: str, size: int = 64) -> bytes:
+    payload = struct.pack("!HHHH", 1000, 2000, 8 + size, 0) + b"x" * size
+    return packet.build_ipv6(a6(src), a6(dst), 17, payload)
+
+
+def echo_request(src: str, dst: str, ident: int = 7, seq: int = 1) -> bytes:
+    body = struct.pack("!BBHHH", 128, 0, 0, ident, seq) + b"ping"
+    csum = packet.icmpv6_checksum(a6(src), a6(dst), body)
+    body = body[:2] + struct.pack("!H", csum) + body[4:]
+    return packet.build_ipv6(a6(src), a6(dst), 58, body)
+
+
+def tunnel(
+    tid: int,
+    encap: Encap = Encap.V6V4,
+    remote: str = "198.51.100.10",
+    port: int | None = None,
+    link: str = "2001:db8:8000:1::",
+    delegated: str | None = None,
+    mtu: int = 1280,
+) -> TunnelState:
+    prefixes: list[ipaddress.IPv6Network | ipaddress.IPv4Network] = [
+        ipaddress.IPv6Network(f"{link}2/128")
+    ]
+    if delegated:
+        prefixes.append(ipaddress.IPv6Network(delegated))
+    return TunnelState(
+        tid,
+        encap,
+        remote,
+        port,
+        prefixes,
+        f"{link}1",
+        mtu=mtu,
+        keepalive_interval=10,
+        expires_at=10_000.0,
+    )
+
+
+@pytest.fixture
+def core() -> ForwardingCore:
+    c = ForwardingCore()
+    c.add(tunnel(1, delegated="2001:db8:c000:100::/56"), 0.0)
+    c.add(tunnel(2, Encap.V6UDPV4, "198.51.100.2", 40000, "2001:db8:8000:2::"), 0.0)
+    return c
+
+
+def test_tun_to_tunnel_by_longest_prefix(core: ForwardingCore) -> None:
+    pkt = udp6(INTERNET, "2001:db8:8000:1::2")
+    assert core.from_tun(pkt, 1.0) == [(Out.PROTO41, pkt, a4("198.51.100.10"))]
+    pkt = udp6(INTERNET, "2001:db8:c000:1ff::77")  # inside the delegated /56
+    assert core.from_tun(pkt, 1.0) == [(Out.PROTO41, pkt, a4("198.51.100.10"))]
+    pkt = udp6(INTERNET, "2001:db8:8000:2::2")
+    assert core.from_tun(pkt, 1.0) == [(Out.UDP, pkt, ("198.51.100.2", 40000))]
+    assert core.from_tun(udp6(INTERNET, "2001:db8:9999::1"), 1.0) == []
+    assert core.drops[Drop.NO_ROUTE] == 1
+    t = core.get(1)
+    assert t is not None and t.packets_out == 2
+
+
+def test_tunnel_to_tun_with_ingress_filter(core: ForwardingCore) -> None:
+    good = udp6("2001:db8:8000:1::2", INTERNET)
+    assert core.from_proto41(good, a4("198.51.100.10"), 5.0) == [(Out.TUN, good, None)]
+    from_prefix = udp6("2001:db8:c000:100::9", INTERNET)
+    assert core.from_proto41(from_prefix, a4("198.51.100.10"), 5.0) == [
+        (Out.TUN, from_prefix, None)
+    ]
+    # Tunnel 2's address through tunnel 1: spoofed.
+    assert core.from_proto41(udp6("2001:db8:8000:2::2", INTERNET), a4("198.51.100.10"), 5.0) == []
+    # A stranger's outer source.
+    assert core.from_proto41(good, a4("203.0.113.9"), 5.0) == []
+    # Tunnel 2 must come from its own address and port.
+    own = udp6("2001:db8:8000:2::2", INTERNET)
+    assert core.from_udp(own, ("198.51.100.2", 40000), 5.0) == [(Out.TUN, own, None)]
+    assert core.from_udp(own, ("198.51.100.2", 40001), 5.0) == []
+    assert core.drops[Drop.SPOOFED_SOURCE] == 1
+    assert core.drops[Drop.UNKNOWN_ENDPOINT] == 2
+    t = core.get(1)
+    assert t is not None and t.last_seen == 5.0 and t.packets_in == 2
+
+
+def test_keepalive_echo_is_answered_through_the_same_tunnel(core: ForwardingCore) -> None:
+    req = echo_request("2001:db8:8000:2::2", "2001:db8:8000:2::1")
+    out = core.from_udp(req, ("198.51.100.2", 40000), 3.0)
+    assert len(out) == 1
+    where, reply, dest = out[0]
+    assert where is Out.UDP and dest == ("198.51.100.2", 40000)
+    assert reply[8:24] == a6("2001:db8:8000:2::1") and reply[24:40] == a6("2001:db8:8000:2::2")
+    assert reply[40] == 129
+    # Anything else to the server's address is dropped, not forwarded.
+    assert (
+        core.from_udp(
+            udp6("2001:db8:8000:2::2", "2001:db8:8000:2::1"), ("198.51.100.2", 40000), 3.0
+        )
+        == []
+    )
+    assert core.drops[Drop.TO_SERVER] == 1
+
+
+def test_router_solicitations_are_not_forwarded(core: ForwardingCore) -> None:
+    rs = packet.build_ipv6(a6("fe80::1"), a6("ff02::2"), 58, b"\x85\x00\x00\x00\x00\x00\x00\x00")
+    assert core.from_udp(rs, ("198.51.100.2", 40000), 1.0) == []
+    assert core.drops[Drop.LINK_LOCAL] == 1
+
+
+def test_oversized_packets_get_packet_too_big(core: ForwardingCore) -> None:
+    big = udp6(INTERNET, "2001:db8:8000:1::2", size=1400)
+    out = core.from_tun(big, 1.0)
+    assert len(out) == 1 and out[0][0] is Out.TUN
+    ptb = out[0][1]
+    assert ptb[24:40] == a6(INTERNET) and ptb[8:24] == a6("2001:db8:8000:1::1")
+    assert ptb[40] == 2 and struct.unpack("!I", ptb[44:48])[0] == 1280
+    assert len(ptb) <= 1280
+    assert core.drops[Drop.TOO_BIG] == 1
+
+
+def test_mtu_is_per_tunnel() -> None:
+    c = ForwardingCore()
+    c.add(tunnel(9, mtu=1480), 0.0)
+    pkt = udp6(INTERNET, "2001:db8:8000:1::2", size=1400)
+    assert c.from_tun(pkt, 1.0)[0][0] is Out.PROTO41
+
+
+def test_v4v6_forwarding_and_filter() -> None:
+    c = ForwardingCore()
+    t = TunnelState(
+        5,
+        Encap.V4V6,
+        "2001:db8:1::10",
+        None,
+        [ipaddress.IPv4Network("100.64.0.5/32")],
+        "100.64.0.6",
+    )
+    c.add(t, 0.0)
+    inner = packet.build_ipv4(a4("100.64.0.5"), a4("192.0.2.99"), 17, b"\0" * 16)
+    assert c.from_4in6(inner, a6("2001:db8:1::10"), 1.0) == [(Out.TUN, inner, None)]
+    spoofed = packet.build_ipv4(a4("100.64.0.9"), a4("192.0.2.99"), 17, b"\0" * 16)
+    assert c.from_4in6(spoofed, a6("2001:db8:1::10"), 1.0) == []
+    back = packet.build_ipv4(a4("192.0.2.99"), a4("100.64.0.5"), 17, b"\0" * 16)
+    assert c.from_tun(back, 1.0) == [(Out.IP4IN6, back, a6("2001:db8:1::10"))]
+
+
+def test_endpoint_update_moves_the_tunnel(core: ForwardingCore) -> None:
+    pkt = udp6("2001:db8:8000:2::2", INTERNET)
+    assert core.update_endpoint(2, "198.51.100.2", 41000, 2.0)
+    assert core.from_udp(pkt, ("198.51.100.2", 40000), 3.0) == []
+    assert core.from_udp(pkt, ("198.51.100.2", 41000), 3.0) == [(Out.TUN, pkt, None)]
+    back = udp6(INTERNET, "2001:db8:8000:2::2")
+    assert core.from_tun(back, 3.0) == [(Out.UDP, back, ("198.51.100.2", 41000))]
+
+
+def test_idle_and_lifetime_expiry(core: ForwardingCore) -> None:
+    assert core.expire(30.0) == []  # 3 x 10 s + 10 s grace not yet over
+    core.from_proto41(udp6("2001:db8:8000:1::2", INTERNET), a4("198.51.100.10"), 35.0)
+    assert core.expire(41.0) == [Expired(2, "keepalive timeout")]
+    assert core.expire(10_000.0) == [Expired(1, "lifetime expired")]
+    assert len(core) == 0
+    assert core.from_tun(udp6(INTERNET, "2001:db8:8000:1::2"), 1.0) == []
+
+
+def test_remove_and_replace(core: ForwardingCore) -> None:
+    core.add(tunnel(1, remote="198.51.100.11"), 0.0)  # replaced: new endpoint, no prefix
+    pkt = udp6(INTERNET, "2001:db8:c000:100::1")
+    assert core.from_tun(pkt, 1.0) == []
+    assert core.remove(1) is not None and core.remove(1) is None
+    assert core.from_proto41(udp6("2001:db8:8000:1::2", INTERNET), a4("198.51.100.11"), 1.0) == []
+
+
+def test_cost_does_not_depend_on_the_number_of_tunnels() -> None:
+    # Structural check (timings are in bench/): lookups probe one dict per prefix length.
+    c = ForwardingCore()
+    for i in range(1, 2001):
+        c.add(
+            tunnel(
+                i,
+                remote=f"10.{i >> 8}.{i & 255}.1",
+                link=f"2001:db8:8000:{i:x}::",
+                delegated=f"2001:db8:c{i:03x}::/48",
+            ),
+            0.0,
+        )
+    assert len(c) == 2000
+    pkt = udp6(INTERNET, "2001:db8:8000:7d0::2")
+    assert c.from_tun(pkt, 1.0) == [(Out.PROTO41, pkt, a4("10.7.208.1"))]
+
+
+def test_garbage_is_counted_not_raised(core: ForwardingCore) -> None:
+    for junk in (b"", b"\x60", b"\x45" + b"\0" * 5, b"\x00" * 60, b"\x60" + b"\0" * 10):
+        core.from_tun(junk, 1.0)
+        core.from_proto41(junk, a4("198.51.100.10"), 1.0)
+        core.from_udp(junk, ("198.51.100.2", 40000), 1.0)
+    assert core.drops[Drop.MALFORMED] >= 10
