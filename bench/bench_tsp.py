@@ -302,6 +302,10 @@ realm = "{REALM}"
 listen = ["{SERVER_HOST}"]
 port = {port}
 
+# The control plane is measured here; the data plane has its own benchmark.
+[tunnelserver]
+backend = "none"
+
 [limits]
 sessions_per_second_per_ipv4 = 100000.0
 session_burst_per_ipv4 = 100000

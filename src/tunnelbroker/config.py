@@ -173,6 +173,20 @@ class LimitsSection(_Section):
     anonymous_prefixes: bool = False
 
 
+class TunnelServerSection(_Section):
+    """This machine's data plane."""
+
+    #: ``userspace``: one TUN and raw sockets (needs root or CAP_NET_ADMIN + CAP_NET_RAW);
+    #: ``none``: control plane only (tunnels are recorded and negotiated, nothing forwarded).
+    backend: Literal["userspace", "none"] = "userspace"
+    #: Name of the TUN device that carries every tunnel.
+    tun_name: str = Field("tb0", min_length=1, max_length=15)
+    #: MTU of that TUN device; per-tunnel MTUs (1280-1480) are enforced below it.
+    tun_mtu: int = Field(1500, ge=1280, le=65535)
+    #: MTU of new tunnels (RFC 4213 §3.2: 1280 is always safe).
+    default_mtu: int = Field(1280, ge=1280, le=1480)
+
+
 class DatabaseSection(_Section):
     """The store. Empty url: SQLite (WAL) in the data directory."""
 
@@ -194,6 +208,7 @@ class Config(_Section):
     lifetimes: LifetimesSection = LifetimesSection()
     keepalive: KeepaliveSection = KeepaliveSection()
     limits: LimitsSection = LimitsSection()
+    tunnelserver: TunnelServerSection = TunnelServerSection()
     database: DatabaseSection = DatabaseSection()
     logging: LoggingSection = LoggingSection()
 

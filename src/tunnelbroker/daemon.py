@@ -7,20 +7,27 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from tunnelbroker.broker.persistence import Persister
-from tunnelbroker.broker.service import Broker
+from tunnelbroker.broker.service import Broker, TunnelEvent
 from tunnelbroker.broker.users import UserService
 from tunnelbroker.config import Config
-from tunnelbroker.listeners.tsp import TspService, start_tsp
+from tunnelbroker.listeners.tsp import TspService, TspUdpProtocol, start_tsp
 from tunnelbroker.listeners.udp_endpoint import PktinfoEndpoint
 from tunnelbroker.protocols.tsp.messages import TunnelType
 from tunnelbroker.protocols.tsp.server import ServerSettings, referral_addresses
 from tunnelbroker.store.database import Store
+from tunnelbroker.tunnelserver.bridge import state_from_record
+from tunnelbroker.tunnelserver.engine import Expired
+from tunnelbroker.tunnelserver.userspace import DataPlaneConfig, UserspaceDataPlane
 
 log = logging.getLogger(__name__)
+
+
+class DataPlaneError(RuntimeError):
+    """The configured data plane cannot run here; the message says why and what to do."""
 
 
 def server_settings(config: Config) -> ServerSettings:
@@ -50,6 +57,7 @@ class Daemon:
         self._udp: list[PktinfoEndpoint] = []
         self._tcp: list[asyncio.Server] = []
         self._housekeeping: asyncio.Task[None] | None = None
+        self.dataplane: UserspaceDataPlane | None = None
         self._stop = asyncio.Event()
 
     async def startup(self) -> None:
@@ -69,13 +77,19 @@ class Daemon:
         self.broker.load(tunnels, allocations, time.time(), highest)
         users = UserService(store, config.broker.realm)
         self.tsp = TspService(self.broker, users, server_settings(config))
+        data_handler = None
+        if config.tunnelserver.backend == "userspace":
+            data_handler = self._start_dataplane()
         if config.tsp.enabled:
             self._udp, self._tcp, self.tsp_port = await start_tsp(
                 self.tsp,
                 config.tsp.listen,
                 config.tsp.port,
+                data_handler=data_handler,
                 receive_buffer=config.tsp.udp_receive_buffer,
             )
+            if self.dataplane is not None:
+                self.dataplane.set_udp_sender(self._send_v6udpv4)
         self._housekeeping = asyncio.create_task(self._expire_loop())
         log.info(
             "tunnelbroker ready in %.2fs: %d live tunnels; TSP on %s port %d (udp+tcp)",
@@ -103,11 +117,77 @@ class Daemon:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
+        if self.dataplane is not None:
+            await asyncio.to_thread(self.dataplane.stop)
+            self.dataplane = None
         if self.persister is not None:
             await asyncio.to_thread(self.persister.stop)
         if self.store is not None:
             self.store.close()
         log.info("tunnelbroker stopped")
+
+    def _start_dataplane(self) -> Callable[[bytes, tuple[str, int]], None]:
+        """Bring the userspace data plane up and keep it in step with the broker."""
+        assert self.broker is not None
+        config = self.config
+        pools = config.pools
+        loop = asyncio.get_running_loop()
+        broker = self.broker
+
+        def expired(items: list[Expired]) -> None:
+            loop.call_soon_threadsafe(self._on_expired, items)
+
+        dp = UserspaceDataPlane(
+            DataPlaneConfig(
+                tun_name=config.tunnelserver.tun_name,
+                tun_mtu=config.tunnelserver.tun_mtu,
+                server_ipv4=config.broker.server_ipv4,
+                server_ipv6=config.broker.server_ipv6,
+                routes=(pools.link_prefix, pools.delegated_prefix, pools.ipv4_prefix),
+            ),
+            on_expired=expired,
+        )
+        try:
+            dp.start()
+        except OSError as e:
+            dp.stop()
+            raise DataPlaneError(
+                f"cannot start the userspace data plane: {e}. It needs root (or CAP_NET_ADMIN "
+                'and CAP_NET_RAW); set tunnelserver.backend = "none" to run the control plane '
+                "alone."
+            ) from e
+        self.dataplane = dp
+        wall, mono = time.time(), time.monotonic()
+        for record in broker.tunnels.values():
+            dp.add_tunnel(state_from_record(record, wall, mono))
+        broker.add_observer(self._on_tunnel_event)
+        return dp.from_udp
+
+    def _on_tunnel_event(self, event: TunnelEvent) -> None:
+        dp = self.dataplane
+        if dp is None or event.tunnel.id is None:
+            return
+        if event.kind == "down":
+            dp.remove_tunnel(event.tunnel.id)
+        else:
+            dp.add_tunnel(state_from_record(event.tunnel, time.time(), time.monotonic()))
+
+    def _on_expired(self, items: list[Expired]) -> None:
+        assert self.broker is not None
+        now = time.time()
+        for item in items:
+            record = self.broker.tunnels.get(item.tunnel_id)
+            if record is not None:
+                self.broker.end(record, item.reason, now)
+
+    def _send_v6udpv4(self, pkt: bytes, addr: tuple[str, int]) -> None:
+        """Send on the TSP socket the client signalled to, from the address it targeted."""
+        for endpoint in self._udp:
+            protocol = endpoint.get_protocol()
+            if isinstance(protocol, TspUdpProtocol) and not protocol.ipv6:
+                peer = protocol.peers.get(addr)
+                endpoint.sendto(pkt, addr, peer.local if peer is not None else None)
+                return
 
     async def _expire_loop(self) -> None:
         assert self.broker is not None

@@ -26,7 +26,12 @@ PASSWORD = "correct horse battery"
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[Daemon]:
     config = load_config(
-        None, {"data_dir": str(tmp_path), "tsp": {"listen": ["127.0.0.1", "::1"], "port": 0}}
+        None,
+        {
+            "data_dir": str(tmp_path),
+            "tsp": {"listen": ["127.0.0.1", "::1"], "port": 0},
+            "tunnelserver": {"backend": "none"},
+        },
     )
     async with running(config) as daemon:
         assert daemon.store is not None

@@ -33,7 +33,12 @@ TYPES = ["v6anyv4", "v6v4", "v6udpv4", "v4v6"]
 def _config(tmp_path: Path, listen: list[str], port: int = 0, **sections: Any) -> Any:
     return load_config(
         None,
-        {"data_dir": str(tmp_path), "tsp": {"listen": listen, "port": port}, **sections},
+        {
+            "data_dir": str(tmp_path),
+            "tsp": {"listen": listen, "port": port},
+            "tunnelserver": {"backend": "none"},
+            **sections,
+        },
     )
 
 

@@ -209,7 +209,7 @@ class Broker:
                 delegated_prefix=None,
                 dns_servers=[],
                 keepalive_interval=keepalive,
-                mtu=1280,
+                mtu=self.config.tunnelserver.default_mtu,
                 created_at=now,
                 updated_at=now,
                 expires_at=now + lifetime,

@@ -1,0 +1,281 @@
+"""The userspace data plane: one TUN device, raw sockets, and the forwarding core, on a thread.
+
+Forwarding runs on its own thread with its own epoll loop, so it never waits on the asyncio
+loop that serves TSP sign-ups, the database or the web. The control plane talks to it only
+through :meth:`UserspaceDataPlane.submit` (tunnel changes, applied between packet batches) and
+gets expiries back through a callback it schedules on its own loop.
+
+Sockets:
+
+* a raw IPv4 socket for protocol 41 (v6v4): the kernel hands us the whole IPv4 packet; the
+  inner IPv6 packet follows the IPv4 header, and we send bare IPv6 payloads that the kernel
+  wraps in an IPv4 header from ``server_ipv4``;
+* a raw IPv6 socket for next header 4 (v4v6): payloads only, the outer source from recvfrom;
+* the TSP UDP socket(s) for v6udpv4: datagrams whose first nibble is 6 are handed here by the
+  TSP listener (:meth:`from_udp`), and we send on the same socket so the client's NAT mapping
+  and connected socket see the flow they signalled on.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import queue
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tunnelbroker.tunnelserver.engine import Expired, ForwardingCore, Out, Output, TunnelState
+from tunnelbroker.tunnelserver.tun import TunDevice
+
+log = logging.getLogger(__name__)
+
+_BATCH = 64
+_EXPIRY_EVERY = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class DataPlaneConfig:
+    """What the userspace data plane needs to start."""
+
+    tun_name: str = "tb0"
+    #: The TUN's own MTU: the largest packet the kernel hands us (per-tunnel MTUs are smaller).
+    tun_mtu: int = 1500
+    #: The tunnel server's IPv4 endpoint (source of protocol 41); None: no v6v4.
+    server_ipv4: str | None = None
+    #: The tunnel server's IPv6 endpoint (source of 4in6); None: no v4v6.
+    server_ipv6: str | None = None
+    #: Prefixes routed into the TUN (the link and delegated pools, the IPv4 pool for v4v6).
+    routes: tuple[str, ...] = ()
+
+
+def _raw_socket(family: int, proto: int, address: str) -> socket.socket:
+    """A raw socket sending from ``address`` when it is ours (else the route's choice)."""
+    s = socket.socket(family, socket.SOCK_RAW, proto)
+    try:
+        s.bind((address, 0))
+    except OSError as e:
+        if e.errno != errno.EADDRNOTAVAIL:
+            s.close()
+            raise
+        log.warning(
+            "tunnel endpoint %s is not an address of this host: tunnelled packets will leave "
+            "from whatever address the route picks, and clients will not accept them. Set "
+            "broker.server_ipv4/server_ipv6 to this host's addresses.",
+            address,
+        )
+    s.setblocking(False)
+    return s
+
+
+class UserspaceDataPlane:
+    """Owns the TUN, the raw sockets and the forwarding thread."""
+
+    def __init__(
+        self, config: DataPlaneConfig, on_expired: Callable[[list[Expired]], None] | None = None
+    ) -> None:
+        self.config = config
+        self.core = ForwardingCore()
+        self._on_expired = on_expired
+        self._tun: TunDevice | None = None
+        self._raw41: socket.socket | None = None
+        self._raw4in6: socket.socket | None = None
+        self._udp_send: Callable[[bytes, tuple[str, int]], None] | None = None
+        self._commands: queue.SimpleQueue[Callable[[ForwardingCore, float], object]] = (
+            queue.SimpleQueue()
+        )
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._lock = threading.Lock()
+        self.send_errors = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        cfg = self.config
+        self._tun = TunDevice.open(cfg.tun_name)
+        self._tun.configure(mtu=cfg.tun_mtu, addresses=[], up=True)
+        for prefix in cfg.routes:
+            self._tun.add_route(prefix)
+        if cfg.server_ipv4:
+            self._raw41 = _raw_socket(socket.AF_INET, 41, cfg.server_ipv4)
+        if cfg.server_ipv6:
+            self._raw4in6 = _raw_socket(socket.AF_INET6, 4, cfg.server_ipv6)
+        self._thread = threading.Thread(target=self._run, name="tb-dataplane", daemon=True)
+        self._thread.start()
+        log.info(
+            "userspace data plane up: TUN %s, routes %s",
+            self._tun.name,
+            ", ".join(cfg.routes) or "-",
+        )
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        for s in (self._raw41, self._raw4in6):
+            if s is not None:
+                s.close()
+        if self._tun is not None:
+            self._tun.close()
+            self._tun = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------ control plane side
+
+    def set_udp_sender(self, send: Callable[[bytes, tuple[str, int]], None]) -> None:
+        """How v6udpv4 packets leave: on the TSP socket the client signalled to."""
+        self._udp_send = send
+
+    def submit(self, command: Callable[[ForwardingCore, float], object]) -> None:
+        """Run ``command(core, now)`` on the forwarding thread, between batches."""
+        self._commands.put(command)
+        self._wake()
+
+    def add_tunnel(self, state: TunnelState) -> None:
+        self.submit(lambda core, now: core.add(state, now))
+
+    def remove_tunnel(self, tunnel_id: int) -> None:
+        self.submit(lambda core, now: core.remove(tunnel_id))
+
+    def from_udp(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        """A v6udpv4 data datagram from the TSP listener (any thread)."""
+        with self._lock:
+            outputs = self.core.from_udp(datagram, addr, time.monotonic())
+        self._emit(outputs)
+
+    # ------------------------------------------------------------------ the thread
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        assert self._tun is not None
+        ep = select.epoll()
+        tun_fd = self._tun.fds[0]
+        ep.register(tun_fd, select.EPOLLIN)
+        ep.register(self._wake_r, select.EPOLLIN)
+        raw41_fd = self._raw41.fileno() if self._raw41 is not None else -1
+        raw6_fd = self._raw4in6.fileno() if self._raw4in6 is not None else -1
+        for fd in (raw41_fd, raw6_fd):
+            if fd >= 0:
+                ep.register(fd, select.EPOLLIN)
+        next_expiry = time.monotonic() + _EXPIRY_EVERY
+        try:
+            while not self._stopping:
+                events = ep.poll(max(0.0, next_expiry - time.monotonic()))
+                for fd, _ in events:
+                    if fd == tun_fd:
+                        self._drain_tun()
+                    elif fd == raw41_fd:
+                        self._drain_raw41()
+                    elif fd == raw6_fd:
+                        self._drain_raw4in6()
+                    elif fd == self._wake_r:
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except OSError:
+                            pass
+                self._run_commands()
+                now = time.monotonic()
+                if now >= next_expiry:
+                    next_expiry = now + _EXPIRY_EVERY
+                    with self._lock:
+                        expired = self.core.expire(now)
+                    if expired and self._on_expired is not None:
+                        self._on_expired(expired)
+        except Exception:
+            log.exception("data plane thread failed")
+        finally:
+            ep.close()
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            with self._lock:
+                try:
+                    command(self.core, time.monotonic())
+                except Exception:
+                    log.exception("data plane command failed")
+
+    def _drain_tun(self) -> None:
+        assert self._tun is not None
+        packets = self._tun.read_batch(_BATCH)
+        now = time.monotonic()
+        with self._lock:
+            outputs = [o for p in packets for o in self.core.from_tun(p, now)]
+        self._emit(outputs)
+
+    def _drain_raw41(self) -> None:
+        assert self._raw41 is not None
+        now = time.monotonic()
+        outputs: list[Output] = []
+        with self._lock:
+            for _ in range(_BATCH):
+                try:
+                    data = self._raw41.recv(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                ihl = (data[0] & 0x0F) * 4
+                outputs.extend(self.core.from_proto41(data[ihl:], data[12:16], now))
+        self._emit(outputs)
+
+    def _drain_raw4in6(self) -> None:
+        assert self._raw4in6 is not None
+        now = time.monotonic()
+        outputs: list[Output] = []
+        with self._lock:
+            for _ in range(_BATCH):
+                try:
+                    data, addr = self._raw4in6.recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                src = ipaddress.IPv6Address(addr[0].split("%")[0]).packed
+                outputs.extend(self.core.from_4in6(data, src, now))
+        self._emit(outputs)
+
+    def _emit(self, outputs: list[Output]) -> None:
+        for where, pkt, dest in outputs:
+            try:
+                if where is Out.TUN:
+                    assert self._tun is not None
+                    self._tun.write(pkt)
+                elif where is Out.UDP:
+                    if self._udp_send is not None:
+                        self._udp_send(pkt, dest)  # type: ignore[arg-type]
+                elif where is Out.PROTO41:
+                    if self._raw41 is not None:
+                        self._raw41.sendto(pkt, (socket.inet_ntoa(dest), 0))  # type: ignore[arg-type]
+                elif self._raw4in6 is not None:
+                    addr = socket.inet_ntop(socket.AF_INET6, dest)  # type: ignore[arg-type]
+                    self._raw4in6.sendto(pkt, (addr, 0))
+            except OSError as e:
+                # A full socket buffer or an unreachable endpoint drops one packet, as a
+                # router would; it is counted, never fatal.
+                self.send_errors += 1
+                if e.errno not in (
+                    errno.EAGAIN,
+                    errno.ENOBUFS,
+                    errno.EHOSTUNREACH,
+                    errno.ENETUNREACH,
+                    errno.EMSGSIZE,
+                ):
+                    log.debug("data plane send failed: %s", e)
