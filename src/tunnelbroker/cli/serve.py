@@ -35,6 +35,8 @@ def serve(config_path: str | None, data_dir: str | None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # pyroute2 logs every netlink message at DEBUG: far too much even for debugging us.
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
     if config.logging.level != "DEBUG":
         # Alembic announces every plugin it loads at INFO; the migration itself stays visible.
         logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
