@@ -145,10 +145,13 @@ class UserspaceDataPlane:
         self._wake()
 
     def add_tunnel(self, state: TunnelState) -> None:
-        self.submit(lambda core, now: core.add(state, now))
+        """Install a tunnel now: the client's first packet follows its accept at once."""
+        with self._lock:
+            self.core.add(state, time.monotonic())
 
     def remove_tunnel(self, tunnel_id: int) -> None:
-        self.submit(lambda core, now: core.remove(tunnel_id))
+        with self._lock:
+            self.core.remove(tunnel_id)
 
     def from_udp(self, datagram: bytes, addr: tuple[str, int]) -> None:
         """A v6udpv4 data datagram from the TSP listener (any thread)."""
