@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -247,29 +248,34 @@ def test_kernel_backend_in_vm(tmp_path: Path) -> None:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     started = time.monotonic()
+    # Its own process group: if it hangs, QEMU and anything vng started go down with it.
+    vm = subprocess.Popen(
+        [*cmd, "--rwdir", str(out), "--exec", guest],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            [*cmd, "--rwdir", str(out), "--exec", guest],
-            capture_output=True,
-            text=True,
-            timeout=VM_TIMEOUT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"the VM ({accel}) did not finish within {VM_TIMEOUT} s: {e.stderr!r}")
+        stdout, stderr = vm.communicate(timeout=VM_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(vm.pid, signal.SIGKILL)
+        stdout, stderr = vm.communicate()
+        pytest.fail(f"the VM ({accel}) did not finish within {VM_TIMEOUT} s:\n{stderr[-3000:]}")
     elapsed = time.monotonic() - started
     result_file = out / "result.json"
     if not result_file.exists():
         pytest.fail(
-            f"the guest wrote no result ({accel}, exit {proc.returncode}, {elapsed:.0f} s):\n"
-            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            f"the guest wrote no result ({accel}, exit {vm.returncode}, {elapsed:.0f} s):\n"
+            f"{stdout[-3000:]}\n{stderr[-3000:]}"
         )
     result = json.loads(result_file.read_text())
     report = "\n".join(result["log"])
     print(f"VM run ({accel}): {elapsed:.1f} s, guest kernel {result['release']}\n{report}")
     assert result["error"] is None, f"{result['error']}\n{report}"
-    assert proc.returncode == 0, report
+    assert vm.returncode == 0, report
 
 
 # ---------------------------------------------------------------------- the guest side

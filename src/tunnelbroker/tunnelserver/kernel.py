@@ -41,7 +41,13 @@ from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, genlmsg  # type: ignore[i
 from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 from pyroute2.netlink.generic import GenericNetlinkSocket  # type: ignore[import-untyped]
 
-from tunnelbroker.tunnelserver.tun import TunDevice, address_args, iproute_call, off_event_loop
+from tunnelbroker.tunnelserver.tun import (
+    TunDevice,
+    address_args,
+    iproute_call,
+    off_event_loop,
+    wait_until_local,
+)
 
 __all__ = [
     "KernelBackend",
@@ -620,6 +626,7 @@ class KernelBackend:
                 ipr.link("set", index=index, state="up")
                 for a in addresses:
                     ipr.addr("replace", index=index, **address_args(a))
+                wait_until_local(ipr, addresses)
                 for net in routes:
                     ipr.route("replace", dst=str(net), oif=index)
             except BaseException:
@@ -630,7 +637,7 @@ class KernelBackend:
 
         try:
             tunnel.index = iproute_call(run)
-        except NetlinkError as e:
+        except (NetlinkError, OSError) as e:
             raise KernelBackendError(f"creating {ifname} ({kind}): {_describe(e)}") from e
         self._tunnels[tunnel_id] = tunnel
         return ifname

@@ -24,6 +24,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -31,7 +32,14 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
 from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
-__all__ = ["MAX_PACKET", "TunDevice", "address_args", "iproute_call", "off_event_loop"]
+__all__ = [
+    "MAX_PACKET",
+    "TunDevice",
+    "address_args",
+    "iproute_call",
+    "off_event_loop",
+    "wait_until_local",
+]
 
 #: Path of the TUN clone device.
 TUN_CLONE_DEVICE = "/dev/net/tun"
@@ -44,6 +52,9 @@ _IFF_MULTI_QUEUE = 0x0100
 #: Interface names are at most IFNAMSIZ - 1 bytes (the last one is the terminating NUL).
 _IFNAMSIZ = 16
 _IFA_F_NODAD = 0x02
+_RTN_LOCAL = 2
+#: Upper bound for the kernel to finish installing new addresses (normally milliseconds).
+_ADDRESS_TIMEOUT = 2.0
 #: The kernel's limit on queues per TUN device (MAX_TAP_QUEUES).
 _MAX_QUEUES = 256
 # struct ifreq: char ifr_name[16]; then a union of 24 bytes whose first member is ifr_flags.
@@ -102,6 +113,30 @@ def address_args(iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> di
     if iface.version == 6:
         args["flags"] = _IFA_F_NODAD
     return args
+
+
+def wait_until_local(
+    ipr: Any,
+    addresses: Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+    timeout: float = _ADDRESS_TIMEOUT,
+) -> None:
+    """Block until the kernel accepts packets to each of ``addresses`` (on an up link).
+
+    A new IPv6 address, even with IFA_F_NODAD, gets its local route from a work queue a few
+    milliseconds later; until then packets to it are dropped (Ip6InAddrErrors). IPv4 ones
+    are local at once.
+
+    Raises:
+        OSError: ETIMEDOUT after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    for iface in addresses:
+        if iface.version != 6:
+            continue
+        while ipr.route("get", dst=str(iface.ip))[0]["type"] != _RTN_LOCAL:
+            if time.monotonic() > deadline:
+                raise OSError(errno.ETIMEDOUT, f"{iface.ip} did not become a local address")
+            time.sleep(0.001)
 
 
 def iproute_call(fn: Callable[[Any], T]) -> T:
@@ -251,7 +286,8 @@ class TunDevice:
         """Set the MTU, bring the link up (if ``up``) and add ``addresses`` (CIDR strings).
 
         Addresses already present are kept (``replace``), so configuring twice is harmless.
-        IPv6 addresses are usable as soon as this returns (see :func:`address_args`).
+        With ``up``, the addresses are usable as soon as this returns (see
+        :func:`address_args` and :func:`wait_until_local`).
 
         Raises:
             ValueError: An address is not in CIDR form.
@@ -266,6 +302,8 @@ class TunDevice:
                     ipr.link("set", index=self.index, state="up")
                 for iface in parsed:
                     ipr.addr("replace", index=self.index, **address_args(iface))
+                if up:
+                    wait_until_local(ipr, parsed)
             except NetlinkError as e:
                 raise _netlink_error(e, f"configuring {self.name}") from e
 
