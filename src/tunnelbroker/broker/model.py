@@ -5,7 +5,7 @@ Independent of any setup protocol: TSP (and later TIC and the web) translate to 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum, StrEnum
 
 
@@ -104,4 +104,3 @@ class Grant:
     resolvers: tuple[str, ...] = ()
     client_name: str | None = None
     nat_detected: bool = False
-    extras: dict[str, str] = field(default_factory=dict)

@@ -333,7 +333,7 @@ class Broker:
             client_inner=client_inner,
             inner_prefix_length=plen,
             keepalive_interval=record.keepalive_interval,
-            keepalive_address=server_inner if encap.family == "ipv6" else server_inner,
+            keepalive_address=server_inner,
             lifetime=max(0, int(record.expires_at - record.updated_at)),
             delegated_prefix=record.delegated_prefix,
             dns_servers=tuple(record.dns_servers),

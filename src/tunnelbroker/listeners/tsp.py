@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from tunnelbroker.broker.model import BrokerError, Requester
 from tunnelbroker.broker.service import Broker, Offer
@@ -45,14 +45,6 @@ log = logging.getLogger(__name__)
 
 #: Pause between the separate writes of one answer on TCP (gogoc reads each with one recv()).
 _WRITE_GAP = 0.02
-
-
-class _Conn(Protocol):
-    session: ServerSession
-    peer: tuple[str, int]
-
-    def send(self, writes: list[bytes]) -> None: ...
-    def finish(self) -> None: ...
 
 
 @dataclass(eq=False)
