@@ -177,10 +177,11 @@ async def test_user_without_any_password_source() -> None:
     assert "TUNNELBROKER_PASSWORD" in result.stderr
 
 
-def test_help_says_the_tunnel_is_not_brought_up() -> None:
+def test_help_says_what_up_does() -> None:
     result = CliRunner().invoke(client, ["--help"])
     assert result.exit_code == 0
-    assert "not done yet" in result.stdout and "--password-stdin" in result.stdout
+    assert "nothing is configured on this host" in result.stdout
+    assert "--up" in result.stdout and "--password-stdin" in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,8 @@
 """``tunnelbroker client``: negotiate a tunnel with a TSP broker and show what it granted.
 
+With ``--up`` it also brings the tunnel up on this host (:mod:`tunnelbroker.client.dataplane`)
+and keeps it up, reconnecting as needed, until SIGINT or SIGTERM.
+
 Errors print one ``error: ...`` line to stderr (with the TSP code and the server's text when
 the broker refused) and exit 1; unusable arguments exit 2.
 """
@@ -10,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any, NoReturn
 
@@ -64,7 +68,7 @@ def _password(username: str | None, from_stdin: bool) -> str | None:
     _fail(f"a password is needed: use --password-stdin or set {_PASSWORD_ENV}", 2)
 
 
-def _summary(n: Negotiated) -> None:
+def _summary(n: Negotiated, up: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -93,9 +97,10 @@ def _summary(n: Negotiated) -> None:
     if n.dns_servers:
         table.add_row("resolvers", ", ".join(n.dns_servers))
     console = Console(file=sys.stdout, highlight=False)
-    console.print("[green]Tunnel negotiated.[/green]")
+    console.print("[green]Tunnel up.[/green]" if up else "[green]Tunnel negotiated.[/green]")
     console.print(table)
-    console.print("[dim]The tunnel is not brought up on this host (not implemented yet).[/dim]")
+    if not up:
+        console.print("[dim]The tunnel is not brought up on this host (use --up).[/dim]")
 
 
 @click.command()
@@ -160,7 +165,29 @@ def _summary(n: Negotiated) -> None:
     metavar="auto|ADDR",
     help="IPv4 endpoint to announce; auto: the local address of the signalling socket.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the parameters as JSON.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the parameters as JSON (with --up: one line per connection).",
+)
+@click.option(
+    "--up",
+    is_flag=True,
+    help="Bring the tunnel up here (TUN, address, ::/0 route, keepalive) and keep it up, "
+    "reconnecting as needed, until SIGINT/SIGTERM.",
+)
+@click.option(
+    "--tun-name",
+    default="tbc0",
+    show_default=True,
+    help="TUN interface for --up.",
+)
+@click.option(
+    "--lan-interface",
+    metavar="IF",
+    help="With --up in router mode: put <prefix>::1/64 of the delegated prefix on IF.",
+)
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -182,13 +209,20 @@ def client(
     keepalive: int,
     client_ipv4: str,
     as_json: bool,
+    up: bool,
+    tun_name: str,
+    lan_interface: str | None,
     timeout: float,
     verbose: bool,
 ) -> None:
     """Negotiate a tunnel with the TSP broker SERVER (RFC 5572) and print what it granted.
 
-    This only negotiates (and accepts) the tunnel with the broker; bringing the tunnel up on
-    this host (interfaces, routes, keepalives) is not done yet.
+    Without --up it only negotiates (and accepts) the tunnel and prints the parameters;
+    nothing is configured on this host. With --up (needs root) the tunnel runs in userspace over a TUN
+    device: all IPv6 (::/0) goes through it, ICMPv6 keepalives watch it, and it is
+    renegotiated after 3 lost keepalives, a broken flow or a new local IPv4 address (with
+    backoff up to 60 s). The parameters are printed at each connection. SIGINT or SIGTERM
+    removes the interface, routes and addresses and exits.
     """
     host, port = parse_server(server)
     auth = auth.upper()
@@ -200,28 +234,43 @@ def client(
         raise click.UsageError("--prefix-length and --dns-server need router mode")
     if prefix_length is not None or dns_servers:
         router = True
+    if lan_interface is not None and not (up and router):
+        raise click.UsageError("--lan-interface needs --up and router mode")
+    if up and tunnel_type.lower() == "v4v6":
+        raise click.UsageError("--up carries v6v4 and v6udpv4 tunnels only")
     password = _password(username, password_stdin)
-    if verbose:
+    if up:
+        # In the foreground a running tunnel logs its steps; -v adds our details (not those
+        # of the libraries: pyroute2 logs every netlink message at DEBUG).
+        logging.basicConfig(
+            level=logging.INFO,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        if verbose:
+            logging.getLogger("tunnelbroker").setLevel(logging.DEBUG)
+    elif verbose:
         logging.basicConfig(
             level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
         )
+    options: dict[str, Any] = dict(
+        port=port,
+        transport=transport.lower(),
+        tunnel_type=tunnel_type.lower(),
+        mechanism=auth,
+        username=username,
+        password=password,
+        client_ipv4=client_ipv4,
+        router=(prefix_length or 0) if router else None,
+        dns_servers=dns_servers,
+        keepalive=keepalive or None,
+        timeout=timeout,
+    )
+    if up:
+        _up(host, options, tun_name, lan_interface, as_json)
+        return
     try:
-        result = asyncio.run(
-            _negotiate_and_close(
-                host,
-                port=port,
-                transport=transport.lower(),
-                tunnel_type=tunnel_type.lower(),
-                mechanism=auth,
-                username=username,
-                password=password,
-                client_ipv4=client_ipv4,
-                router=(prefix_length or 0) if router else None,
-                dns_servers=dns_servers,
-                keepalive=keepalive or None,
-                timeout=timeout,
-            )
-        )
+        result = asyncio.run(_negotiate_and_close(host, **options))
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     except TspClientError as e:
@@ -238,3 +287,43 @@ async def _negotiate_and_close(server: str, **kwargs: Any) -> Negotiated:
     result.close()
     await asyncio.sleep(0)
     return result
+
+
+def _up(
+    host: str, options: dict[str, Any], tun_name: str, lan_interface: str | None, as_json: bool
+) -> None:
+    from tunnelbroker.client.dataplane import run_client
+
+    def show(n: Negotiated) -> None:
+        if as_json:
+            click.echo(json.dumps({**n.to_dict(), "interface": tun_name}))
+        else:
+            _summary(n, up=True)
+        sys.stdout.flush()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await run_client(
+                host,
+                stop=stop,
+                tun_name=tun_name,
+                lan_interface=lan_interface,
+                on_up=show,
+                **options,
+            )
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    try:
+        asyncio.run(main())
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    except TspClientError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"cannot bring the tunnel up: {e}")

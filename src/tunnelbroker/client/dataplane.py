@@ -1,0 +1,528 @@
+"""Bring a negotiated tunnel up on this host, in userspace, and keep it up.
+
+:func:`run_tunnel` carries one negotiated tunnel until it ends; :func:`run_client` is the
+reconnect loop around it (negotiate, run, renegotiate).
+
+The data plane needs no tunnel modules (sit, fou): packets go through a TUN device and Python.
+
+* **The TUN** (``tbc0``) gets the client's tunnel address as a /128, MTU 1280 (the IPv6
+  minimum, so nothing is ever too big for the path: RFC 4213 §3.2's static MTU) and the route
+  ``::/0``. The whole IPv6 internet goes through the tunnel, as gogoc's template does; more
+  specific on-link routes (a LAN's /64) still win. We do not add ``2000::/3`` besides: it adds
+  nothing to ``::/0`` here, and a host with its own IPv6 default route should not run this.
+* **v6udpv4** (RFC 5572 Fig. 14): every IPv6 packet the kernel routes into the TUN is sent
+  bare on the signalling UDP flow (the very socket, so the NAT mapping the broker saw), and
+  every datagram from that flow whose first nibble is 6 is written to the TUN.
+* **v6v4** (RFC 4213 6in4): a raw IPv4 socket for protocol 41, bound to our endpoint. We send
+  bare IPv6 packets to the server's IPv4 address (the kernel adds the IPv4 header) and accept
+  only packets whose outer source is that address (RFC 4213 §3.6's ingress check, mirrored).
+  The signalling flow stays open meanwhile, as gogoc keeps it.
+* **Keepalive** (:class:`~tunnelbroker.protocols.tsp.keepalive.KeepaliveMachine`): echoes go
+  straight into the tunnel, and their replies are swallowed before the TUN.
+* **Router mode** (a delegated prefix): ``<prefix>::1/64`` is added on ``lan_interface``; the
+  kernel then routes that /64 to the LAN. A shorter prefix also gets an ``unreachable`` route,
+  so packets for its unused parts are refused here rather than bounced back into the tunnel.
+  IPv6 forwarding and router advertisements (radvd) are left to the administrator; we only
+  warn when forwarding is off.
+
+Everything added is removed again when the tunnel ends, however it ends (the TUN's own
+address and routes go with the device).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+
+from tunnelbroker.client.tsp import Negotiated, TspClientError, UdpFlow, negotiate
+from tunnelbroker.protocols.tsp.errors import StatusCode
+from tunnelbroker.protocols.tsp.keepalive import KeepaliveMachine
+from tunnelbroker.tunnelserver.tun import TunDevice, address_args, iproute_call
+
+__all__ = [
+    "FLOW_CLOSED",
+    "KEEPALIVE_LOST",
+    "SOURCE_CHANGED",
+    "STOPPED",
+    "TUN_MTU",
+    "backoff_delay",
+    "decapsulate_6in4",
+    "local_ipv4_towards",
+    "run_client",
+    "run_tunnel",
+]
+
+log = logging.getLogger(__name__)
+
+#: Why :func:`run_tunnel` returned.
+STOPPED = "stopped"
+KEEPALIVE_LOST = "keepalive lost"
+FLOW_CLOSED = "flow closed"
+SOURCE_CHANGED = "source address changed"
+
+#: MTU of the client TUN: the IPv6 minimum, which any IPv4 path carries in one piece.
+TUN_MTU = 1280
+#: What we route into the tunnel.
+DEFAULT_ROUTE = "::/0"
+#: Longest wait between reconnection attempts, seconds.
+BACKOFF_CAP = 60.0
+#: A tunnel that stayed up this long (s) counts as a success: the backoff starts over.
+STABLE_AFTER = 30.0
+#: Refusals that another attempt cannot cure (bad credentials, an impossible request).
+PERMANENT_REFUSALS = frozenset(
+    {
+        StatusCode.AUTHENTICATION_FAILED,
+        StatusCode.UNSUPPORTED_CLIENT_VERSION,
+        StatusCode.UNSUPPORTED_TUNNEL_TYPE,
+        StatusCode.INVALID_REQUEST_FORMAT,
+        StatusCode.INVALID_IPV4_ADDRESS,
+        StatusCode.INVALID_IPV6_ADDRESS,
+        StatusCode.PREFIX_LENGTH_UNAVAILABLE,
+        StatusCode.UNSUPPORTED_PREFIX_LENGTH,
+        StatusCode.MISSING_PREFIX_LENGTH,
+        StatusCode.PREFIX_FOR_ANONYMOUS,
+    }
+)
+
+_IPPROTO_IPV6 = 41
+_RTN_UNREACHABLE = 7
+_BATCH = 64
+_READ_SIZE = 65535
+# gogoc's keepalive timeout; a shorter interval shortens it, so a probe is never outlived.
+_KEEPALIVE_TIMEOUT = 5.0
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers
+# --------------------------------------------------------------------------------------------
+
+
+def decapsulate_6in4(pkt: bytes, server: bytes) -> bytes | None:
+    """The IPv6 packet inside IPv4 packet ``pkt`` (protocol 41) if it came from ``server``.
+
+    ``pkt`` is what a raw protocol-41 socket reads: the whole IPv4 packet, header first.
+    Returns None for anything else (another source, another protocol, a truncated header,
+    an inner packet that is not IPv6). Never raises.
+    """
+    if len(pkt) < 20 or pkt[0] >> 4 != 4:
+        return None
+    ihl = (pkt[0] & 0x0F) * 4
+    if ihl < 20 or len(pkt) < ihl + 40 or pkt[9] != _IPPROTO_IPV6 or pkt[12:16] != server:
+        return None
+    inner = pkt[ihl:]
+    return inner if inner[0] >> 4 == 6 else None
+
+
+def backoff_delay(failures: int, rand01: float, cap: float = BACKOFF_CAP) -> float:
+    """Seconds to wait after ``failures`` failed attempts in a row: 0, then 1, 2, 4 … ``cap``,
+    each scaled by a jitter factor in [0.5, 1] so a broker restart does not see every client
+    come back in the same second."""
+    if failures <= 0:
+        return 0.0
+    return min(cap, 2.0 ** min(failures - 1, 30)) * (0.5 + 0.5 * rand01)
+
+
+def local_ipv4_towards(address: str, port: int) -> str | None:
+    """The source address the kernel picks towards ``address`` now, or None (no route).
+
+    Connecting a UDP socket sends nothing; it only runs the route lookup.
+    """
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((address, port))
+            return str(s.getsockname()[0])
+    except OSError:
+        return None
+
+
+def _lan_address(prefix: str, length: int) -> ipaddress.IPv6Interface:
+    """``<prefix>::1`` with the length of the first /64 of the delegation (or longer)."""
+    net = ipaddress.IPv6Network(f"{prefix}/{length}", strict=False)
+    return ipaddress.IPv6Interface(f"{net.network_address + 1}/{max(length, 64)}")
+
+
+def _quietly(what: str, fn: Callable[[], object]) -> None:
+    # Teardown must run to the end: one failed step is logged, not allowed to stop the rest.
+    try:
+        fn()
+    except Exception as e:
+        log.warning("teardown: %s failed: %s", what, e)
+
+
+# --------------------------------------------------------------------------------------------
+# One tunnel
+# --------------------------------------------------------------------------------------------
+
+
+def _raw_41(local: str, fallback: str) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, _IPPROTO_IPV6)
+    try:
+        try:
+            s.bind((local, 0))
+        except OSError as e:
+            # A client_ipv4 announced by hand may not be ours; the signalling socket's is.
+            if e.errno != errno.EADDRNOTAVAIL or fallback == local:
+                raise
+            s.bind((fallback, 0))
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def _setup_lan(n: Negotiated, lan_interface: str, stack: contextlib.ExitStack) -> None:
+    assert n.prefix is not None and n.prefix_length is not None
+    iface = _lan_address(n.prefix, n.prefix_length)
+    delegated = ipaddress.IPv6Network(f"{n.prefix}/{n.prefix_length}", strict=False)
+    index = socket.if_nametoindex(lan_interface)
+
+    def add(ipr: Any) -> None:
+        ipr.addr("replace", index=index, **address_args(iface))
+
+    def remove(ipr: Any) -> None:
+        with contextlib.suppress(NetlinkError):
+            ipr.addr("del", index=index, **address_args(iface))
+
+    iproute_call(add)
+    stack.callback(_quietly, f"removing {iface} from {lan_interface}", lambda: iproute_call(remove))
+    log.info("router mode: %s on %s", iface, lan_interface)
+    if delegated.prefixlen < iface.network.prefixlen:
+
+        def refuse(ipr: Any) -> None:
+            ipr.route("replace", dst=str(delegated), type=_RTN_UNREACHABLE)
+
+        def unrefuse(ipr: Any) -> None:
+            with contextlib.suppress(NetlinkError):
+                ipr.route("del", dst=str(delegated), type=_RTN_UNREACHABLE)
+
+        iproute_call(refuse)
+        stack.callback(_quietly, f"removing route {delegated}", lambda: iproute_call(unrefuse))
+    try:
+        with open("/proc/sys/net/ipv6/conf/all/forwarding") as f:
+            forwarding = f.read().strip() != "0"
+    except OSError:
+        forwarding = True
+    if not forwarding:
+        log.warning("IPv6 forwarding is off: the LAN cannot use %s", delegated)
+
+
+async def run_tunnel(
+    n: Negotiated,
+    *,
+    tun_name: str = "tbc0",
+    lan_interface: str | None = None,
+    stop: asyncio.Event,
+    on_up: Callable[[Negotiated], None] | None = None,
+    source_check_interval: float = 5.0,
+    rand: Callable[[], float] = random.random,
+) -> str:
+    """Carry tunnel ``n`` through a TUN device until it ends; returns why.
+
+    Takes over ``n``'s signalling flow and closes it at the end. ``on_up`` is called once
+    the TUN, its address and routes are in place.
+
+    Returns:
+        :data:`STOPPED` (``stop`` was set), :data:`KEEPALIVE_LOST` (the keepalive address
+        stopped answering), :data:`FLOW_CLOSED` (the v6udpv4 socket closed) or
+        :data:`SOURCE_CHANGED` (the kernel would now use another IPv4 source address).
+
+    Raises:
+        ValueError: a tunnel type this data plane cannot carry (v4v6), or v6udpv4 without
+            its UDP flow.
+        OSError: the TUN, a socket or the LAN interface could not be set up.
+    """
+    if n.tunnel_type not in ("v6udpv4", "v6v4"):
+        raise ValueError(f"cannot bring up a {n.tunnel_type} tunnel (v6udpv4 and v6v4 only)")
+    if n.tunnel_type == "v6udpv4" and not isinstance(n.flow, UdpFlow):
+        raise ValueError("a v6udpv4 tunnel needs its signalling UDP flow")
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[str] = loop.create_future()
+    tasks: list[asyncio.Task[None]] = []
+    dropped = 0
+
+    def end(reason: str) -> None:
+        if not ended.done():
+            ended.set_result(reason)
+
+    ka: KeepaliveMachine | None = None
+    if n.keepalive_interval and n.keepalive_address:
+        ka = KeepaliveMachine(
+            n.keepalive_interval,
+            ipaddress.IPv6Address(n.keepalive_address).packed,
+            ipaddress.IPv6Address(n.client_ipv6).packed,
+            os.getpid() & 0xFFFF,
+            timeout=min(_KEEPALIVE_TIMEOUT, float(n.keepalive_interval)),
+        )
+
+    with contextlib.ExitStack() as stack:
+        stack.callback(n.close)
+        try:
+            tun = TunDevice.open(tun_name)
+            stack.callback(tun.close)
+            tun.configure(TUN_MTU, [f"{n.client_ipv6}/128"], up=True)
+            tun.add_route(DEFAULT_ROUTE)
+            stack.callback(
+                _quietly, f"removing route {DEFAULT_ROUTE}", lambda: tun.del_route(DEFAULT_ROUTE)
+            )
+            log.info(
+                "%s up: %s/128, route %s, MTU %d", tun.name, n.client_ipv6, DEFAULT_ROUTE, TUN_MTU
+            )
+
+            def from_tunnel(pkt: bytes) -> None:
+                nonlocal dropped
+                if not pkt or pkt[0] >> 4 != 6:
+                    dropped += 1
+                    return
+                if ka is not None and ka.receive(pkt, loop.time()):
+                    log.debug("keepalive reply, rtt %.1f ms", (ka.last_rtt or 0) * 1000)
+                    return
+                try:
+                    tun.write(pkt)
+                except OSError:
+                    dropped += 1  # malformed: the kernel refused it
+
+            send: Callable[[bytes], None]
+            if isinstance(n.flow, UdpFlow) and n.tunnel_type == "v6udpv4":
+                flow = n.flow
+                send = flow.send
+
+                async def read_flow() -> None:
+                    while True:
+                        try:
+                            pkt = await flow.recv()
+                        except ConnectionError as e:
+                            if isinstance(e, ConnectionRefusedError):
+                                # ICMP port unreachable: the broker may be restarting; the
+                                # keepalive decides whether the tunnel is gone.
+                                log.debug("flow: %s", e)
+                                continue
+                            log.warning("the UDP flow closed: %s", e)
+                            end(FLOW_CLOSED)
+                            return
+                        except OSError as e:
+                            log.debug("flow: %s", e)
+                            continue
+                        from_tunnel(pkt)
+
+                tasks.append(asyncio.create_task(read_flow()))
+            else:
+                raw = _raw_41(n.client_ipv4, n.local_address)
+                stack.callback(raw.close)
+                server = (n.server_ipv4, 0)
+                server_packed = ipaddress.IPv4Address(n.server_ipv4).packed
+
+                def send(pkt: bytes) -> None:
+                    try:
+                        raw.sendto(pkt, server)
+                    except OSError:
+                        pass  # a full buffer or no route: a router drops, so do we
+
+                def on_raw() -> None:
+                    nonlocal dropped
+                    for _ in range(_BATCH):
+                        try:
+                            outer = raw.recv(_READ_SIZE)
+                        except BlockingIOError:
+                            return
+                        except OSError as e:
+                            log.debug("raw socket: %s", e)
+                            return
+                        inner = decapsulate_6in4(outer, server_packed)
+                        if inner is None:
+                            dropped += 1  # not from our server: the ingress check
+                        else:
+                            from_tunnel(inner)
+
+                loop.add_reader(raw.fileno(), on_raw)
+                stack.callback(loop.remove_reader, raw.fileno())
+                log.info("6in4 to %s from %s", n.server_ipv4, raw.getsockname()[0])
+
+            def on_tun() -> None:
+                nonlocal dropped
+                for pkt in tun.read_batch(_BATCH):
+                    if pkt and pkt[0] >> 4 == 6:
+                        send(pkt)
+                    else:
+                        dropped += 1
+
+            loop.add_reader(tun.fileno(), on_tun)
+            stack.callback(loop.remove_reader, tun.fileno())
+
+            if n.prefix is not None:
+                if lan_interface is not None:
+                    _setup_lan(n, lan_interface, stack)
+                else:
+                    log.info(
+                        "delegated prefix %s/%s not used (no LAN interface)",
+                        n.prefix,
+                        n.prefix_length,
+                    )
+
+            if ka is not None:
+                machine = ka
+
+                async def keepalive() -> None:
+                    machine.next_send(loop.time(), rand())
+                    while True:
+                        at = machine.get_timer()
+                        assert at is not None  # an echo is always armed or waiting
+                        await asyncio.sleep(max(0.0, at - loop.time()))
+                        now = loop.time()
+                        before = machine.missed
+                        machine.handle_timer(now)
+                        if machine.missed > before:
+                            log.warning(
+                                "keepalive: no reply from %s (%d in a row)",
+                                n.keepalive_address,
+                                machine.missed,
+                            )
+                        if machine.dead:
+                            end(KEEPALIVE_LOST)
+                            return
+                        pkt = machine.due(now)
+                        if pkt is not None:
+                            send(pkt)
+                            machine.next_send(now, rand())
+
+                tasks.append(asyncio.create_task(keepalive()))
+                log.info("keepalive every %d s to %s", n.keepalive_interval, n.keepalive_address)
+
+            async def watch_source() -> None:
+                while True:
+                    await asyncio.sleep(source_check_interval)
+                    now_src = local_ipv4_towards(n.server_address, n.port)
+                    # No route at all is not a new address: wait for one to appear.
+                    if now_src is not None and now_src != n.local_address:
+                        log.warning(
+                            "the IPv4 source address changed: %s -> %s", n.local_address, now_src
+                        )
+                        end(SOURCE_CHANGED)
+                        return
+
+            if ipaddress.ip_address(n.server_address).version == 4:
+                tasks.append(asyncio.create_task(watch_source()))
+
+            if on_up is not None:
+                on_up(n)
+
+            async def stopped() -> str:
+                await stop.wait()
+                return STOPPED
+
+            stopping = asyncio.ensure_future(stopped())
+            try:
+                await asyncio.wait([ended, stopping], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+            reason = ended.result() if ended.done() else STOPPED
+            log.info("%s down: %s (%d packets dropped)", tun.name, reason, dropped)
+            return reason
+        finally:
+            for task in tasks:
+                task.cancel()
+            # Let them finish being cancelled, unless we are being cancelled ourselves.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The reconnect loop
+# --------------------------------------------------------------------------------------------
+
+
+async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay)
+
+
+async def run_client(
+    server: str,
+    *,
+    stop: asyncio.Event,
+    tun_name: str = "tbc0",
+    lan_interface: str | None = None,
+    on_up: Callable[[Negotiated], None] | None = None,
+    source_check_interval: float = 5.0,
+    backoff_cap: float = BACKOFF_CAP,
+    rand: Callable[[], float] = random.random,
+    clock: Callable[[], float] = time.monotonic,
+    **negotiate_options: Any,
+) -> None:
+    """Keep a tunnel with broker ``server`` up until ``stop`` is set.
+
+    Negotiates (``negotiate_options`` go to :func:`~tunnelbroker.client.tsp.negotiate`),
+    runs :func:`run_tunnel`, and when the tunnel ends for any reason but ``stop``
+    negotiates again. Failed attempts in a row are spaced by :func:`backoff_delay` (1, 2,
+    4 … ``backoff_cap`` s, jittered); a tunnel that stayed up :data:`STABLE_AFTER` seconds
+    resets that, and a new source address reconnects at once. ``rand`` and ``clock`` are
+    there for tests. An authenticated user gets
+    the same IPv6 address back each time (the broker keeps it for the account).
+
+    Raises:
+        TspClientError: the broker refused with a code in :data:`PERMANENT_REFUSALS`.
+        ValueError: unusable ``negotiate_options``, or a tunnel type we cannot carry.
+        OSError: the very first tunnel could not be set up (no TUN, no permission); later
+            failures are retried.
+    """
+    failures = 0
+    connections = 0
+    while not stop.is_set():
+        delay = backoff_delay(failures, rand(), backoff_cap)
+        if delay:
+            log.info("reconnecting in %.1f s", delay)
+            await _sleep_or_stop(stop, delay)
+            if stop.is_set():
+                break
+        log.info("negotiating with %s", server)
+        try:
+            n = await negotiate(server, **negotiate_options)
+        except TspClientError as e:
+            if e.code in PERMANENT_REFUSALS:
+                raise
+            failures += 1
+            log.warning("negotiation failed: %s", e)
+            continue
+        connections += 1
+        log.info(
+            "tunnel %s granted: %s, server %s, keepalive %s s",
+            n.tunnel_type,
+            n.client_ipv6,
+            n.server_ipv4,
+            n.keepalive_interval,
+        )
+        started = clock()
+        try:
+            reason = await run_tunnel(
+                n,
+                tun_name=tun_name,
+                lan_interface=lan_interface,
+                stop=stop,
+                on_up=on_up,
+                source_check_interval=source_check_interval,
+                rand=rand,
+            )
+        except OSError as e:
+            if connections == 1:
+                raise
+            failures += 1
+            log.warning("tunnel failed: %s", e)
+            continue
+        if reason == STOPPED:
+            break
+        if clock() - started >= STABLE_AFTER:
+            failures = 0
+        if reason != SOURCE_CHANGED:
+            failures += 1
+        log.info("tunnel ended (%s), negotiating again", reason)

@@ -1,0 +1,259 @@
+"""End to end in the lab: ``tunnelbroker client --up`` carries the host's own IPv6 traffic.
+
+The broker runs in its namespace with the userspace data plane; the client runs in ``cpub`` or
+``cnat`` with its own TUN, and real kernel traffic (ping, a TCP transfer) crosses the tunnel
+to the IPv6-only host ``inet6``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunnelbroker.lab.topology import Lab
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
+
+TUNNELBROKER = Path(sys.executable).with_name("tunnelbroker")
+USER, PASSWORD = "carol", "correct horse battery"
+#: Requested keepalive interval (s); the test broker allows it, so a dead path shows in ~6 s.
+KEEPALIVE = 2
+
+# Runs in inet6: accept one connection on [addr]:port, print the SHA-256 of what arrived.
+_SINK = """
+import hashlib, socket, sys
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+h = hashlib.sha256()
+while data := c.recv(65536):
+    h.update(data)
+print(h.hexdigest(), flush=True)
+"""
+
+# Runs in the client namespace: send 1 MiB of seeded random bytes, print their SHA-256.
+_SOURCE = """
+import hashlib, random, socket, sys
+data = random.Random(7).randbytes(1 << 20)
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+c.sendall(data)
+c.shutdown(socket.SHUT_WR)
+c.recv(1)
+print(hashlib.sha256(data).hexdigest())
+"""
+
+
+@dataclass
+class BrokerInLab:
+    lab: Lab
+    config: Path
+    tmp: Path
+
+
+@pytest.fixture
+def broker(lab: Lab, tmp_path: Path) -> Iterator[BrokerInLab]:
+    """``tunnelbroker serve`` in the broker namespace (userspace data plane, short keepalives),
+    with the account ``USER``."""
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        f"""
+data_dir = "{tmp_path / "data"}"
+[broker]
+server_ipv4 = "{lab.addr.broker_v4}"
+server_ipv6 = "{lab.addr.broker_client_v6}"
+[tsp]
+listen = ["{lab.addr.broker_v4}", "{lab.addr.broker_client_v6}"]
+[tunnelserver]
+backend = "userspace"
+[keepalive]
+min_interval = 1
+[logging]
+level = "DEBUG"
+"""
+    )
+    lab.run(
+        "broker",
+        str(TUNNELBROKER),
+        "user",
+        "add",
+        USER,
+        "--password-stdin",
+        "--config",
+        str(config),
+        input=PASSWORD + "\n",
+        timeout=30,
+    )
+    log_path = tmp_path / "broker.log"
+    log = log_path.open("w")
+    lab.popen("broker", str(TUNNELBROKER), "serve", "--config", str(config), stdout=log, stderr=log)
+    deadline = time.monotonic() + 20
+    while "ready in" not in log_path.read_text():
+        if time.monotonic() > deadline:
+            pytest.fail("broker did not start:\n" + log_path.read_text())
+        time.sleep(0.1)
+    try:
+        yield BrokerInLab(lab, config, tmp_path)
+    finally:
+        log.close()
+        print("---- broker log (tail)\n" + log_path.read_text()[-4000:])
+
+
+@dataclass
+class Client:
+    proc: subprocess.Popen[Any]
+    out: Path
+    err: Path
+
+    def connections(self) -> list[dict[str, Any]]:
+        """The JSON lines printed so far, one per (re)connection."""
+        lines = self.out.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def wait_connections(self, count: int, timeout: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(found := self.connections()) < count:
+            if self.proc.poll() is not None:
+                pytest.fail(f"client exited {self.proc.returncode}:\n{self.err.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no connection #{count} in {timeout} s:\n{self.err.read_text()}")
+            time.sleep(0.1)
+        return found
+
+
+def start_client(b: BrokerInLab, host: str, *args: str, account: bool = False) -> Client:
+    out, err = b.tmp / f"client-{host}.out", b.tmp / f"client-{host}.err"
+    extra = ["--user", USER] if account else []
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = b.lab.popen(
+            host,
+            str(TUNNELBROKER),
+            "client",
+            b.lab.addr.broker_v4,
+            "--up",
+            "--json",
+            "-v",
+            "--keepalive",
+            str(KEEPALIVE),
+            "--timeout",
+            "15",
+            *extra,
+            *args,
+            stdout=stdout,
+            stderr=stderr,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TUNNELBROKER_PASSWORD": PASSWORD},
+        )
+    return Client(proc, out, err)
+
+
+def ping_until(lab: Lab, host: str, dest: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if lab.ping(host, dest, timeout=1):
+            return True
+    return False
+
+
+def stop_client(c: Client, lab: Lab, host: str) -> None:
+    """SIGTERM must end the client cleanly and take its interface with it."""
+    c.proc.terminate()
+    assert c.proc.wait(timeout=10) == 0, c.err.read_text()
+    assert "tbc0" not in lab.run(host, "ip", "-o", "link").stdout
+    assert "::/0" not in lab.run(host, "ip", "-6", "route").stdout
+    assert "default" not in lab.run(host, "ip", "-6", "route").stdout
+
+
+def tcp_transfer(lab: Lab, host: str, port: int = 5001) -> None:
+    target = lab.addr.inet6_v6
+    sink = lab.popen(
+        "inet6",
+        sys.executable,
+        "-c",
+        _SINK,
+        target,
+        str(port),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert sink.stdout is not None
+    assert sink.stdout.readline().strip() == "listening"
+    sent = lab.run(host, sys.executable, "-c", _SOURCE, target, str(port), timeout=60)
+    received, _ = sink.communicate(timeout=30)
+    assert received.strip() == sent.stdout.strip()
+
+
+def test_v6udpv4_from_a_public_host(broker: BrokerInLab) -> None:
+    lab = broker.lab
+    c = start_client(broker, "cpub", "--type", "v6udpv4", "--transport", "udp")
+    (n,) = c.wait_connections(1, 30)
+    assert n["tunnel_type"] == "v6udpv4" and n["interface"] == "tbc0"
+    assert n["keepalive_interval"] == KEEPALIVE
+    assert ping_until(lab, "cpub", lab.addr.inet6_v6, 10), c.err.read_text()
+    tcp_transfer(lab, "cpub")
+    stop_client(c, lab, "cpub")
+
+
+def test_v6anyv4_behind_the_nat_becomes_v6udpv4(broker: BrokerInLab) -> None:
+    lab = broker.lab
+    c = start_client(broker, "cnat", "--type", "v6anyv4", "--transport", "udp")
+    (n,) = c.wait_connections(1, 30)
+    assert n["tunnel_type"] == "v6udpv4"
+    assert ping_until(lab, "cnat", lab.addr.inet6_v6, 10), c.err.read_text()
+    tcp_transfer(lab, "cnat")
+    stop_client(c, lab, "cnat")
+
+
+def test_nat_mapping_change_reconnects_with_the_same_address(broker: BrokerInLab) -> None:
+    lab = broker.lab
+    c = start_client(broker, "cnat", "--transport", "udp", account=True)
+    (first,) = c.wait_connections(1, 30)
+    assert ping_until(lab, "cnat", lab.addr.inet6_v6, 10), c.err.read_text()
+    lab.change_nat_mapping()
+    # Three keepalives of ~2 s go unanswered, then the client signals again (1 s backoff).
+    second = c.wait_connections(2, 40)[1]
+    assert "keepalive lost" in c.err.read_text()
+    assert second["client_ipv6"] == first["client_ipv6"]
+    assert ping_until(lab, "cnat", lab.addr.inet6_v6, 10), c.err.read_text()
+    stop_client(c, lab, "cnat")
+
+
+def test_v6v4_over_raw_protocol_41(broker: BrokerInLab) -> None:
+    lab = broker.lab
+    c = start_client(broker, "cpub", "--type", "v6v4")
+    (n,) = c.wait_connections(1, 30)
+    assert n["tunnel_type"] == "v6v4"
+    assert ping_until(lab, "cpub", lab.addr.inet6_v6, 10), c.err.read_text()
+    # The keepalive is answered over 6in4 too: no misses while we pinged.
+    assert "no reply" not in c.err.read_text()
+    stop_client(c, lab, "cpub")
+
+
+def test_router_mode_puts_the_prefix_on_the_lan(broker: BrokerInLab) -> None:
+    lab = broker.lab
+    # No dummy module here: a veth pair inside cpub stands for the LAN.
+    lab.run("cpub", "ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan1")
+    lab.run("cpub", "ip", "link", "set", "lan0", "up")
+    lab.run("cpub", "ip", "link", "set", "lan1", "up")
+    c = start_client(
+        broker, "cpub", "--type", "v6udpv4", "--router", "--lan-interface", "lan0", account=True
+    )
+    (n,) = c.wait_connections(1, 30)
+    assert n["prefix"] and n["prefix_length"] == 56
+    lan_address = str(ipaddress.IPv6Address(n["prefix"]) + 1)
+    assert f"{lan_address}/64" in lab.run("cpub", "ip", "-6", "addr", "show", "lan0").stdout
+    # The IPv6 internet reaches the LAN's address through the broker and the tunnel.
+    assert ping_until(lab, "inet6", lan_address, 10), c.err.read_text()
+    stop_client(c, lab, "cpub")
+    assert lan_address not in lab.run("cpub", "ip", "-6", "addr", "show", "lan0").stdout
+    assert n["prefix"] not in lab.run("cpub", "ip", "-6", "route").stdout
