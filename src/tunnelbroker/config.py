@@ -171,6 +171,16 @@ class LimitsSection(_Section):
     max_tunnels: int = Field(100000, ge=1)
     #: Delegate prefixes to anonymous (router-mode) sessions; off: they get 522.
     anonymous_prefixes: bool = False
+    #: Non-global IPv4 networks accepted anyway as static 6in4 endpoints (a lab, a private
+    #: network); otherwise private, shared (100.64/10) and reserved addresses are refused.
+    static_endpoint_networks: list[IPv4Net] = []
+
+    @field_validator("static_endpoint_networks")
+    @classmethod
+    def _v4nets(cls, v: list[str]) -> list[str]:
+        for n in v:
+            ipaddress.IPv4Network(n)
+        return v
 
 
 class TunnelServerSection(_Section):

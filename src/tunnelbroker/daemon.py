@@ -19,7 +19,7 @@ from tunnelbroker.listeners.udp_endpoint import PktinfoEndpoint
 from tunnelbroker.protocols.tsp.messages import TunnelType
 from tunnelbroker.protocols.tsp.server import ServerSettings, referral_addresses
 from tunnelbroker.store.database import Store
-from tunnelbroker.tunnelserver.bridge import state_from_record
+from tunnelbroker.tunnelserver.bridge import installable, state_from_record
 from tunnelbroker.tunnelserver.engine import Expired
 from tunnelbroker.tunnelserver.userspace import DataPlaneConfig, UserspaceDataPlane
 
@@ -159,7 +159,8 @@ class Daemon:
         self.dataplane = dp
         wall, mono = time.time(), time.monotonic()
         for record in broker.tunnels.values():
-            dp.add_tunnel(state_from_record(record, wall, mono))
+            if installable(record):
+                dp.add_tunnel(state_from_record(record, wall, mono))
         broker.add_observer(self._on_tunnel_event)
         return dp.from_udp
 
@@ -167,7 +168,7 @@ class Daemon:
         dp = self.dataplane
         if dp is None or event.tunnel.id is None:
             return
-        if event.kind == "down":
+        if event.kind == "down" or not installable(event.tunnel):
             dp.remove_tunnel(event.tunnel.id)
         else:
             dp.add_tunnel(state_from_record(event.tunnel, time.time(), time.monotonic()))

@@ -221,3 +221,12 @@ def test_garbage_is_counted_not_raised(core: ForwardingCore) -> None:
         core.from_proto41(junk, a4("198.51.100.10"), 1.0)
         core.from_udp(junk, ("198.51.100.2", 40000), 1.0)
     assert core.drops[Drop.MALFORMED] >= 10
+
+
+def test_no_keepalive_means_no_idle_expiry() -> None:
+    c = ForwardingCore()
+    t = tunnel(3, remote="198.51.100.30", link="2001:db8:8000:3::")
+    t.keepalive_interval = 0  # a managed static tunnel
+    c.add(t, 0.0)
+    assert c.expire(9_999.0) == []
+    assert c.expire(10_000.0) == [Expired(3, "lifetime expired")]

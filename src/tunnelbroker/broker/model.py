@@ -18,6 +18,8 @@ class Encapsulation(StrEnum):
     V6UDPV4 = "v6udpv4"
     #: IPv4 in IPv6 (RFC 2473).
     V4V6 = "v4v6"
+    #: IPv6 in AYIYA in UDP/IPv4 (SixXS; the client's address and port are learnt).
+    AYIYA = "ayiya"
 
     @property
     def family(self) -> str:
@@ -40,6 +42,8 @@ class Refusal(Enum):
     PREFIX_FOR_ANONYMOUS = "prefix delegation needs an account"
     BAD_DNS_SERVERS = "invalid nameservers for reverse delegation"
     NO_TUNNEL = "no such tunnel"
+    INVALID_MTU = "MTU must be between 1280 and 1480"
+    INVALID_REQUEST = "invalid tunnel request"
     BUSY = "server too busy"
     INTERNAL = "server side error"
 
@@ -80,6 +84,38 @@ class TunnelRequest:
     dns_servers: tuple[str, ...] = ()
     keepalive_interval: int | None = None
     kind: str = "tsp"
+
+
+#: How a managed tunnel (made by an operator, the web or the API, not by a TSP session) is set
+#: up, and its SixXS type name as TIC shows it.
+MANAGED_KINDS: dict[str, str] = {
+    "static": "6in4-static",
+    "heartbeat": "6in4-heartbeat",
+    "ayiya": "ayiya",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedRequest:
+    """A managed tunnel: static 6in4, 6in4 with heartbeat, or AYIYA.
+
+    Unlike a TSP tunnel it lives until deleted, an account may hold several, and each has its
+    own addresses: a link /64 (server ``::1``, client ``::2``), a routed /64 and, on request,
+    a shorter prefix.
+    """
+
+    #: One of :data:`MANAGED_KINDS`.
+    kind: str
+    #: The client's IPv4 endpoint; required for ``static``, learnt for the others.
+    client_ipv4: str | None = None
+    #: 1280..1480; None: the configured default.
+    mtu: int | None = None
+    routed_64: bool = True
+    #: A delegated prefix of this length besides the routed /64 (e.g. 48); None: none.
+    prefix_length: int | None = None
+    name: str | None = None
+    #: The tunnel server (PoP) by name; None: this one.
+    pop: str | None = None
 
 
 @dataclass(slots=True)

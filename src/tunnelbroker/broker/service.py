@@ -16,6 +16,7 @@ import ipaddress
 import itertools
 import logging
 import re
+import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,9 +25,11 @@ from typing import Any
 from tunnelbroker.broker.allocation import PoolExhausted, PrefixPool
 from tunnelbroker.broker.limits import ConcurrencyLimiter, KeyedRateLimiter
 from tunnelbroker.broker.model import (
+    MANAGED_KINDS,
     BrokerError,
     Encapsulation,
     Grant,
+    ManagedRequest,
     Refusal,
     Requester,
     TunnelRequest,
@@ -44,6 +47,25 @@ _NATTED = [
     ipaddress.ip_network(n)
     for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
 ]
+
+
+#: Allocation kinds of managed tunnels, held per tunnel (not per account) -> their pool.
+_TUNNEL_ALLOC_POOLS = {
+    "tunnel-link": "link",
+    "tunnel-routed": "delegated",
+    "tunnel-prefix": "delegated",
+}
+#: Managed tunnels live until deleted; the expiry heap still wants a time.
+_FOREVER = 100 * 365 * 86400.0
+#: What to call a non-global IPv4 address in a refusal.
+_NON_GLOBAL = (
+    ("private (RFC 1918)", _NATTED[:3]),
+    ("shared (RFC 6598)", _NATTED[3:]),
+    ("loopback", [ipaddress.IPv4Network("127.0.0.0/8")]),
+    ("link-local", [ipaddress.IPv4Network("169.254.0.0/16")]),
+    ("multicast", [ipaddress.IPv4Network("224.0.0.0/4")]),
+)
+_TUNNEL_NAME = re.compile(r"^[\w .,:()/+-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +107,8 @@ class Broker:
         self._v6v4_endpoints: dict[str, TunnelRecord] = {}
         self._per_ipv4: Counter[str] = Counter()
         self._per_user: Counter[int] = Counter()
+        #: user id -> their live tunnels by id (TSP and managed).
+        self._user_tunnels: dict[int, dict[int, TunnelRecord]] = {}
         #: (user_id, kind) -> allocation; anonymous allocations are keyed by tunnel id.
         self._user_allocs: dict[tuple[int, str], AllocationRecord] = {}
         self._tunnel_allocs: dict[int, list[AllocationRecord]] = {}
@@ -124,7 +148,7 @@ class Broker:
             except ValueError as e:
                 log.error("store: allocation %s (%s) conflicts, ignored: %s", a.id, a.prefix, e)
                 continue
-            if a.user_id is not None:
+            if a.user_id is not None and a.kind not in _TUNNEL_ALLOC_POOLS:
                 self._user_allocs[(a.user_id, a.kind)] = a
             elif a.tunnel_id is not None:
                 self._tunnel_allocs.setdefault(a.tunnel_id, []).append(a)
@@ -340,6 +364,180 @@ class Broker:
             resolvers=tuple(self.config.broker.dns_servers),
         )
 
+    # ---------------------------------------------------------------- managed tunnels
+
+    def create_tunnel(self, user_id: int, req: ManagedRequest, now: float) -> TunnelRecord:
+        """Create a managed tunnel (static 6in4, heartbeat or AYIYA) for an account.
+
+        It gets its own link /64, a routed /64 and, if asked, a shorter prefix, a secret (for
+        heartbeat and AYIYA) and an update key. It is live at once; a heartbeat or AYIYA
+        tunnel carries traffic once its endpoint is learnt. Raises BrokerError.
+        """
+        if req.kind not in MANAGED_KINDS:
+            raise BrokerError(Refusal.UNSUPPORTED_TYPE, req.kind)
+        if req.pop is not None:
+            raise BrokerError(Refusal.INVALID_REQUEST, f"unknown tunnel server {req.pop!r}")
+        mtu = self._mtu(req.mtu)
+        name = self._tunnel_name(req.name)
+        endpoint: str | None = None
+        if req.kind == "static":
+            if req.client_ipv4 is None:
+                raise BrokerError(Refusal.INVALID_IPV4, "a static tunnel needs the client's IPv4")
+            endpoint = self._static_endpoint(req.client_ipv4)
+            other = self._v6v4_endpoints.get(endpoint)
+            if other is not None:
+                raise BrokerError(Refusal.ENDPOINT_IN_USE, endpoint)
+        elif req.client_ipv4 is not None:
+            raise BrokerError(Refusal.INVALID_REQUEST, f"a {req.kind} tunnel learns its endpoint")
+        if req.prefix_length is not None:
+            pools = self.config.pools
+            if not pools.min_prefix_length <= req.prefix_length <= pools.max_prefix_length:
+                raise BrokerError(
+                    Refusal.PREFIX_UNAVAILABLE,
+                    f"/{req.prefix_length} is outside "
+                    f"/{pools.min_prefix_length}../{pools.max_prefix_length}",
+                )
+        who = Requester(user_id, None, endpoint or "", 0, "api")
+        self._check_limits(who)
+        record = TunnelRecord(
+            id=next(self._tunnel_ids),
+            user_id=user_id,
+            kind=req.kind,
+            type=(Encapsulation.AYIYA if req.kind == "ayiya" else Encapsulation.V6V4).value,
+            state="active",
+            transport="api",
+            client_ipv4=endpoint,
+            client_port=None,
+            client_ipv6=None,
+            server_ipv4=self.config.broker.server_ipv4,
+            server_ipv6=self.config.broker.server_ipv6,
+            link_prefix="",
+            delegated_prefix=None,
+            dns_servers=[],
+            keepalive_interval=self.config.keepalive.default_interval
+            if req.kind != "static"
+            else 0,
+            mtu=mtu,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + _FOREVER,
+            name=name,
+            secret=secrets.token_hex(16) if req.kind != "static" else None,
+            update_key=secrets.token_urlsafe(18),
+        )
+        assert record.id is not None
+        allocs: list[AllocationRecord] = []
+        try:
+            link = self._tunnel_alloc(record, "tunnel-link", 64, allocs)
+            if req.routed_64:
+                record.routed_prefix = self._tunnel_alloc(
+                    record, "tunnel-routed", 64, allocs
+                ).prefix
+            if req.prefix_length is not None:
+                record.delegated_prefix = self._tunnel_alloc(
+                    record, "tunnel-prefix", req.prefix_length, allocs
+                ).prefix
+        except BrokerError:
+            for a in allocs:
+                self._pool_for(a.kind).release(ipaddress.ip_network(a.prefix))
+            raise
+        record.link_prefix = link.prefix
+        self._tunnel_allocs[record.id] = allocs
+        self._index(record)
+        self._persister.save_tunnel(record)
+        for a in allocs:
+            self._persister.save_allocation(a)
+        log.info("tunnel %s (%s) created for user %s", record.id, req.kind, user_id)
+        self._notify("up", record)
+        return record
+
+    def user_tunnels(self, user_id: int) -> list[TunnelRecord]:
+        """An account's live tunnels, by id."""
+        return sorted(self._user_tunnels.get(user_id, {}).values(), key=lambda t: t.id or 0)
+
+    def update_endpoint(
+        self, tunnel_id: int, ipv4: str, port: int | None, now: float, *, learnt: bool = False
+    ) -> bool:
+        """Point a managed tunnel at a new client endpoint; True if it changed.
+
+        ``learnt``: the address is the source of a valid heartbeat or AYIYA packet, so it is
+        taken as it is (behind a NAT too). Otherwise (a user's update) a static tunnel's rules
+        apply: a global address, not another tunnel's. Raises BrokerError.
+        """
+        t = self._managed(tunnel_id)
+        if learnt:
+            endpoint = str(ipaddress.IPv4Address(ipv4))
+        else:
+            if t.kind == "ayiya":
+                raise BrokerError(Refusal.INVALID_REQUEST, "an AYIYA tunnel learns its endpoint")
+            endpoint = self._static_endpoint(ipv4)
+        if t.type == Encapsulation.V6V4:
+            other = self._v6v4_endpoints.get(endpoint)
+            if other is not None and other is not t:
+                raise BrokerError(Refusal.ENDPOINT_IN_USE, endpoint)
+            port = None
+        if t.client_ipv4 == endpoint and t.client_port == port:
+            return False
+        self._unindex(t)
+        t.client_ipv4, t.client_port, t.updated_at = endpoint, port, now
+        t.last_error = None
+        self._index(t)
+        self._persister.save_tunnel(t)
+        log.info("tunnel %s: endpoint now %s%s", t.id, endpoint, f":{port}" if port else "")
+        self._notify("updated", t)
+        return True
+
+    def modify_tunnel(
+        self,
+        tunnel_id: int,
+        now: float,
+        *,
+        mtu: int | None = None,
+        name: str | None = None,
+        dns_servers: tuple[str, ...] | None = None,
+        user_state: str | None = None,
+        admin_state: str | None = None,
+        new_update_key: bool = False,
+    ) -> TunnelRecord:
+        """Change a managed tunnel's settings; only the arguments given. Raises BrokerError."""
+        t = self._managed(tunnel_id)
+        for state in (user_state, admin_state):
+            if state not in (None, "enabled", "disabled"):
+                raise BrokerError(Refusal.INVALID_REQUEST, f"state {state!r}")
+        if mtu is not None:
+            t.mtu = self._mtu(mtu)
+        if name is not None:
+            t.name = self._tunnel_name(name)
+        if dns_servers is not None:
+            if not t.routed_prefix and not t.delegated_prefix:
+                raise BrokerError(Refusal.BAD_DNS_SERVERS, "the tunnel has no routed prefix")
+            t.dns_servers = list(self._dns_servers(dns_servers))
+        if user_state is not None:
+            t.user_state = user_state
+        if admin_state is not None:
+            t.admin_state = admin_state
+        if new_update_key:
+            t.update_key = secrets.token_urlsafe(18)
+        t.updated_at = now
+        self._persister.save_tunnel(t)
+        self._notify("updated", t)
+        return t
+
+    def record_error(self, tunnel_id: int, error: str | None, now: float) -> None:
+        """Remember why a tunnel last failed (shown to its user)."""
+        t = self._tunnels.get(tunnel_id)
+        if t is not None and t.last_error != error:
+            t.last_error, t.updated_at = error, now
+            self._persister.save_tunnel(t)
+
+    def delete_tunnel(self, tunnel_id: int, now: float, reason: str = "deleted") -> TunnelRecord:
+        """End any live tunnel by id (its user, the web, an operator). Raises BrokerError."""
+        t = self._tunnels.get(tunnel_id)
+        if t is None:
+            raise BrokerError(Refusal.NO_TUNNEL, str(tunnel_id))
+        self._end(t, reason, now)
+        return t
+
     # ---------------------------------------------------------------- expiry
 
     def next_expiry(self) -> float | None:
@@ -464,7 +662,60 @@ class Broker:
             out.append(s.rstrip(".").lower())
         return tuple(out)
 
+    def _managed(self, tunnel_id: int) -> TunnelRecord:
+        t = self._tunnels.get(tunnel_id)
+        if t is None or t.kind not in MANAGED_KINDS:
+            raise BrokerError(Refusal.NO_TUNNEL, str(tunnel_id))
+        return t
+
+    @staticmethod
+    def _mtu(mtu: int | None, default: int = 1280) -> int:
+        if mtu is None:
+            return default
+        if not 1280 <= mtu <= 1480:
+            raise BrokerError(Refusal.INVALID_MTU, str(mtu))
+        return mtu
+
+    @staticmethod
+    def _tunnel_name(name: str | None) -> str | None:
+        if name is None or name == "":
+            return None
+        if not _TUNNEL_NAME.match(name):
+            raise BrokerError(
+                Refusal.INVALID_REQUEST,
+                "a tunnel name is 1-64 letters, digits, spaces and . , : ( ) / + - _",
+            )
+        return name
+
+    def _static_endpoint(self, ipv4: str) -> str:
+        """A client IPv4 endpoint someone typed in: it must be a global unicast address."""
+        try:
+            addr = ipaddress.IPv4Address(ipv4)
+        except ValueError:
+            raise BrokerError(Refusal.INVALID_IPV4, repr(ipv4)) from None
+        allowed = self.config.limits.static_endpoint_networks
+        public = addr.is_global and not addr.is_multicast
+        if not public and not any(addr in ipaddress.IPv4Network(n) for n in allowed):
+            kind = next((k for k, nets in _NON_GLOBAL if any(addr in n for n in nets)), "reserved")
+            raise BrokerError(
+                Refusal.INVALID_IPV4,
+                f"{addr} is a {kind} address; a static 6in4 tunnel needs a public one "
+                "(behind a NAT, use AYIYA or TSP)",
+            )
+        return str(addr)
+
+    def _tunnel_alloc(
+        self, record: TunnelRecord, kind: str, length: int, allocs: list[AllocationRecord]
+    ) -> AllocationRecord:
+        who = Requester(record.user_id, None, "", 0, "api")
+        scratch: list[AllocationRecord] = []
+        a = self._new_alloc(who, kind, length, scratch, record.created_at)
+        a.tunnel_id = record.id
+        allocs.append(a)
+        return a
+
     def _pool_for(self, kind: str) -> PrefixPool[Any]:
+        kind = _TUNNEL_ALLOC_POOLS.get(kind, kind)
         if kind == "link":
             return self._link_pool
         if kind == "delegated":
@@ -484,7 +735,7 @@ class Broker:
         try:
             net = self._pool_for(kind).allocate(length)
         except PoolExhausted:
-            if kind == "delegated":
+            if _TUNNEL_ALLOC_POOLS.get(kind, kind) == "delegated":
                 raise BrokerError(
                     Refusal.PREFIX_UNAVAILABLE, f"/{length}: pool exhausted"
                 ) from None
@@ -499,7 +750,7 @@ class Broker:
             prefix=str(net),
             created_at=created,
         )
-        if who.user_id is not None:
+        if who.user_id is not None and kind not in _TUNNEL_ALLOC_POOLS:
             self._user_allocs[(who.user_id, kind)] = a
         now_allocs.append(a)
         return a
@@ -584,8 +835,10 @@ class Broker:
         self._tunnels[t.id] = t
         family = Encapsulation(t.type).family
         if t.user_id is not None:
-            self._by_user[(t.user_id, family)] = t
+            if t.kind not in MANAGED_KINDS:
+                self._by_user[(t.user_id, family)] = t
             self._per_user[t.user_id] += 1
+            self._user_tunnels.setdefault(t.user_id, {})[t.id] = t
         else:
             src = t.client_ipv4 or t.client_ipv6 or ""
             self._by_anon[(src, t.claimed_ipv4 or "", family)] = t
@@ -599,10 +852,15 @@ class Broker:
         self._tunnels.pop(t.id, None)
         family = Encapsulation(t.type).family
         if t.user_id is not None:
-            self._by_user.pop((t.user_id, family), None)
+            if self._by_user.get((t.user_id, family)) is t:
+                del self._by_user[(t.user_id, family)]
             self._per_user[t.user_id] -= 1
             if self._per_user[t.user_id] <= 0:
                 del self._per_user[t.user_id]
+            mine = self._user_tunnels.get(t.user_id, {})
+            mine.pop(t.id, None)
+            if not mine:
+                self._user_tunnels.pop(t.user_id, None)
         else:
             src = t.client_ipv4 or t.client_ipv6 or ""
             self._by_anon.pop((src, t.claimed_ipv4 or "", family), None)
@@ -619,7 +877,8 @@ class Broker:
         t.updated_at = now
         assert t.id is not None
         for a in self._tunnel_allocs.pop(t.id, []):
-            # Anonymous addresses go back to the pool; an account's stay with it.
+            # Anonymous and managed tunnels' addresses go back to the pool; an account's TSP
+            # addresses stay with the account.
             self._pool_for(a.kind).release(ipaddress.ip_network(a.prefix))
             self._persister.release_allocation(a)
         self._persister.save_tunnel(t)

@@ -79,6 +79,15 @@ def digest_ha1_hex(name: str, realm: str, password: str) -> str:
     return hashlib.md5(f"{name}:{realm}:{password}".encode()).hexdigest()
 
 
+def tic_md5_hex(password: str) -> str:
+    """MD5(password) in lowercase hex: TIC's ``challenge md5`` secret (sixxs.md §2.4).
+
+    Weak by design of the protocol, like the DIGEST-MD5 HA1: whoever reads it can log in over
+    TIC (not over PLAIN or the web, which check the argon2 hash).
+    """
+    return hashlib.md5(password.encode(), usedforsecurity=False).hexdigest()
+
+
 def validate_username(name: str) -> None:
     """Raise :class:`InvalidUsername` unless ``name`` is 1-64 of ``A-Z a-z 0-9 . _ -``."""
     if not name:
@@ -137,6 +146,7 @@ class UserService:
             self.realm,
             is_admin=is_admin,
             now=time.time() if now is None else now,
+            tic_md5=tic_md5_hex(password),
         )
 
     def get(self, name: str) -> UserRecord | None:
@@ -159,7 +169,11 @@ class UserService:
         """
         validate_password(password)
         return self.store.set_password(
-            name, hash_password(password), digest_ha1_hex(name, self.realm, password), self.realm
+            name,
+            hash_password(password),
+            digest_ha1_hex(name, self.realm, password),
+            self.realm,
+            tic_md5_hex(password),
         )
 
     def set_disabled(self, name: str, disabled: bool) -> bool:
@@ -178,9 +192,19 @@ class UserService:
             return None
         if not verify_password(user.password_hash, password) or user.disabled:
             return None
-        if self.upgrade_on_login and (needs_rehash(user.password_hash) or user.realm != self.realm):
+        if self.upgrade_on_login and (
+            needs_rehash(user.password_hash) or user.realm != self.realm or user.tic_md5 is None
+        ):
             self._upgrade(user, password)
         return user
+
+    def tic_credentials(self, name: str) -> tuple[UserRecord, str] | None:
+        """The user and their MD5(password) hex for TIC, or None if unknown, disabled, or not
+        known yet (an account made before TIC: one PLAIN or web login fills it in)."""
+        user = self.store.get_user(name)
+        if user is None or user.disabled or user.tic_md5 is None:
+            return None
+        return user, user.tic_md5
 
     def digest_ha1(self, name: str) -> bytes | None:
         """The user's 16-byte HA1 for DIGEST-MD5, or None if unknown, disabled, or stored for
@@ -207,9 +231,11 @@ class UserService:
     def _upgrade(self, user: UserRecord, password: str) -> None:
         new_hash = hash_password(password)
         new_ha1 = digest_ha1_hex(user.name, self.realm, password)
+        new_md5 = tic_md5_hex(password)
         try:
-            self.store.set_password(user.name, new_hash, new_ha1, self.realm)
+            self.store.set_password(user.name, new_hash, new_ha1, self.realm, new_md5)
         except StoreError as e:  # the login itself succeeded; try again next time
             log.warning("could not upgrade the stored secrets of user %r: %s", user.name, e)
             return
         user.password_hash, user.digest_ha1, user.realm = new_hash, new_ha1, self.realm
+        user.tic_md5 = new_md5

@@ -218,8 +218,8 @@ def client(
     """Negotiate a tunnel with the TSP broker SERVER (RFC 5572) and print what it granted.
 
     Without --up it only negotiates (and accepts) the tunnel and prints the parameters;
-    nothing is configured on this host. With --up (needs root) the tunnel runs in userspace over a TUN
-    device: all IPv6 (::/0) goes through it, ICMPv6 keepalives watch it, and it is
+    nothing is configured on this host. With --up (needs root) the tunnel runs in userspace
+    over a TUN device: all IPv6 (::/0) goes through it, ICMPv6 keepalives watch it, and it is
     renegotiated after 3 lost keepalives, a broken flow or a new local IPv4 address (with
     backoff up to 60 s). The parameters are printed at each connection. SIGINT or SIGTERM
     removes the interface, routes and addresses and exits.

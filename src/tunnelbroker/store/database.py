@@ -236,6 +236,7 @@ class Store:
         realm: str,
         is_admin: bool = False,
         now: float | None = None,
+        tic_md5: str | None = None,
     ) -> UserRecord:
         """Create a user.
 
@@ -250,6 +251,7 @@ class Store:
             "is_admin": is_admin,
             "disabled": False,
             "created_at": time.time() if now is None else now,
+            "tic_md5": tic_md5,
         }
         with _wrapped(f"cannot add user {name!r}"):
             try:
@@ -284,12 +286,21 @@ class Store:
         """Delete a user, their tunnels and allocations. False if there was no such user."""
         return self._update_user(delete(users).where(users.c.name == name), name)
 
-    def set_password(self, name: str, password_hash: str, digest_ha1: str, realm: str) -> bool:
+    def set_password(
+        self,
+        name: str,
+        password_hash: str,
+        digest_ha1: str,
+        realm: str,
+        tic_md5: str | None = None,
+    ) -> bool:
         """Replace a user's secrets. False if there is no such user."""
         stmt = (
             update(users)
             .where(users.c.name == name)
-            .values(password_hash=password_hash, digest_ha1=digest_ha1, realm=realm)
+            .values(
+                password_hash=password_hash, digest_ha1=digest_ha1, realm=realm, tic_md5=tic_md5
+            )
         )
         return self._update_user(stmt, name)
 

@@ -49,6 +49,7 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Double)
+    tic_md5: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class Tunnel(Base):
@@ -88,6 +89,16 @@ class Tunnel(Base):
     bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
     claimed_ipv4: Mapped[str | None] = mapped_column(String, nullable=True)
+    name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pop: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    update_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    routed_prefix: Mapped[str | None] = mapped_column(String, nullable=True)
+    user_state: Mapped[str] = mapped_column(String(16), default="enabled", server_default="enabled")
+    admin_state: Mapped[str] = mapped_column(
+        String(16), default="enabled", server_default="enabled"
+    )
+    last_error: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
 class Allocation(Base):

@@ -24,6 +24,9 @@ class UserRecord:
     is_admin: bool
     disabled: bool
     created_at: float
+    #: 32 hex digits: MD5(password), what TIC's ``challenge md5`` needs. None: set before TIC
+    #: existed here; filled in at the next password login or change.
+    tic_md5: str | None = None
 
 
 @dataclass(slots=True)
@@ -67,6 +70,23 @@ class TunnelRecord:
     #: The outer address the client claimed for itself (``<client><address>``; IPv6 for v4v6);
     #: behind NAT it differs from ``client_ipv4``. Keys an anonymous client's tunnel.
     claimed_ipv4: str | None = None
+    #: The user's label for a managed tunnel.
+    name: str | None = None
+    #: The tunnel server (PoP) carrying it; None: the default one.
+    pop: str | None = None
+    #: The tunnel's own secret (heartbeat MD5, AYIYA SHA-1; TIC's ``Password``), not the
+    #: account password. Managed heartbeat and AYIYA tunnels only.
+    secret: str | None = None
+    #: The key that may update this tunnel's endpoint (``/nic/update``) instead of the password.
+    update_key: str | None = None
+    #: The routed /64 of a managed tunnel (``delegated_prefix`` holds the optional shorter one).
+    routed_prefix: str | None = None
+    #: ``enabled`` or ``disabled``: the user's switch and the operator's (TIC's UserState and
+    #: AdminState).
+    user_state: str = "enabled"
+    admin_state: str = "enabled"
+    #: Why the tunnel last failed (a refused endpoint, a bad heartbeat...), for the user.
+    last_error: str | None = None
 
 
 @dataclass(slots=True)

@@ -7,13 +7,32 @@ import ipaddress
 from tunnelbroker.store.records import TunnelRecord
 from tunnelbroker.tunnelserver.engine import Encap, TunnelState
 
+#: Record types this data plane forwards.
+_FORWARDED = {e.value for e in Encap}
+#: Tunnels made by an operator or the web rather than a TSP session: they live until deleted.
+_MANAGED = {"static", "heartbeat", "ayiya"}
+
+
+def installable(record: TunnelRecord) -> bool:
+    """Whether the data plane should carry this tunnel now: live, switched on by its user and
+    the operator, of a type it forwards, and with a known endpoint (a heartbeat tunnel has none
+    until its first beat)."""
+    return (
+        record.state == "active"
+        and record.user_state == "enabled"
+        and record.admin_state == "enabled"
+        and record.type in _FORWARDED
+        and bool(record.client_ipv4 or record.client_ipv6)
+    )
+
 
 def state_from_record(record: TunnelRecord, now_wall: float, now_mono: float) -> TunnelState:
     """The data plane's view of a live tunnel.
 
     The link /64 gives the server ``::1`` (the keepalive address) and the client ``::2``; a v4v6
     link /30 gives the client the first host and the server the second. Lifetimes are stored as
-    wall-clock time and the data plane runs on the monotonic clock.
+    wall-clock time and the data plane runs on the monotonic clock. Only for records that
+    are :func:`installable`.
     """
     assert record.id is not None
     encap = Encap(record.type)
@@ -28,8 +47,9 @@ def state_from_record(record: TunnelRecord, now_wall: float, now_mono: float) ->
         client = link.network_address + 2
         server = link.network_address + 1
         prefixes = [ipaddress.IPv6Network(f"{client}/128")]
-        if record.delegated_prefix:
-            prefixes.append(ipaddress.IPv6Network(record.delegated_prefix))
+        for routed in (record.routed_prefix, record.delegated_prefix):
+            if routed:
+                prefixes.append(ipaddress.IPv6Network(routed))
         remote = record.client_ipv4 or ""
     return TunnelState(
         tunnel_id=record.id,
@@ -39,6 +59,8 @@ def state_from_record(record: TunnelRecord, now_wall: float, now_mono: float) ->
         prefixes=prefixes,
         server_inner=str(server),
         mtu=record.mtu,
-        keepalive_interval=record.keepalive_interval,
+        # A managed tunnel that falls silent is down, not ended: its heartbeat (or nothing,
+        # for a static one) decides, so the data plane never expires it for idleness.
+        keepalive_interval=0 if record.kind in _MANAGED else record.keepalive_interval,
         expires_at=now_mono + max(0.0, record.expires_at - now_wall),
     )

@@ -319,7 +319,11 @@ class ForwardingCore:
         for t in list(self._tunnels.values()):
             if now >= t.expires_at:
                 reason = "lifetime expired"
-            elif now - t.last_seen > t.keepalive_interval * self.idle_factor + self.idle_grace:
+            elif (
+                # 0: no keepalive agreed (a managed static tunnel): silence is not an end.
+                t.keepalive_interval
+                and now - t.last_seen > t.keepalive_interval * self.idle_factor + self.idle_grace
+            ):
                 reason = "keepalive timeout"
             else:
                 continue
