@@ -19,6 +19,7 @@ from tunnelbroker.listeners.udp_endpoint import PktinfoEndpoint
 from tunnelbroker.protocols.tsp.messages import TunnelType
 from tunnelbroker.protocols.tsp.server import ServerSettings, referral_addresses
 from tunnelbroker.store.database import Store
+from tunnelbroker.store.owner import owner_lock
 from tunnelbroker.tunnelserver.bridge import installable, state_from_record
 from tunnelbroker.tunnelserver.engine import Expired
 from tunnelbroker.tunnelserver.userspace import DataPlaneConfig, UserspaceDataPlane
@@ -59,12 +60,15 @@ class Daemon:
         self._housekeeping: asyncio.Task[None] | None = None
         self.dataplane: UserspaceDataPlane | None = None
         self._stop = asyncio.Event()
+        self._owner = contextlib.ExitStack()
 
     async def startup(self) -> None:
         started = time.monotonic()
         config = self.config
         if not config.database.url:
             Path(config.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Before anything else: a second broker on the same store would undo this one's work.
+        self._owner.enter_context(owner_lock(config.database_url))
         store = Store(config.database_url)
         self.store = store
         await asyncio.to_thread(store.migrate)
@@ -124,6 +128,7 @@ class Daemon:
             await asyncio.to_thread(self.persister.stop)
         if self.store is not None:
             self.store.close()
+        self._owner.close()
         log.info("tunnelbroker stopped")
 
     def _start_dataplane(self) -> Callable[[bytes, tuple[str, int]], None]:

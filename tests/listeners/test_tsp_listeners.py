@@ -16,6 +16,7 @@ from tunnelbroker.daemon import Daemon, running
 from tunnelbroker.listeners.tsp import TspUdpProtocol
 from tunnelbroker.protocols.sasl import digest_md5
 from tunnelbroker.protocols.tsp import codec, framing
+from tunnelbroker.store.owner import StoreLocked
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -408,3 +409,13 @@ async def test_a_second_broker_cannot_share_the_udp_port(broker: Daemon) -> None
 
     with pytest.raises(OSError):
         bind_socket("127.0.0.1", broker.tsp_port, socket.SOCK_DGRAM).close()
+
+
+async def test_a_second_broker_on_the_same_store_refuses_to_start(tmp_path: Path) -> None:
+    async with running(config(tmp_path)) as d:
+        with pytest.raises(StoreLocked, match=r"in use by another process \(the broker, pid"):
+            async with running(config(tmp_path)):
+                pass
+        assert d.broker is not None  # the first one is untouched
+    async with running(config(tmp_path)):  # and once it stopped, the store is free again
+        pass

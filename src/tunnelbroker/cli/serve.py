@@ -10,6 +10,7 @@ import sys
 import click
 
 from tunnelbroker.config import ConfigError, load_config
+from tunnelbroker.store import StoreError
 
 
 @click.command()
@@ -42,5 +43,5 @@ def serve(config_path: str | None, data_dir: str | None) -> None:
         logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         asyncio.run(run(config))
-    except OSError as e:
+    except (OSError, StoreError) as e:
         raise click.ClickException(f"cannot start: {e}") from e
