@@ -197,6 +197,28 @@ class TunnelServerSection(_Section):
     default_mtu: int = Field(1280, ge=1280, le=1480)
 
 
+class WebSection(_Section):
+    """The web portal, the REST API and ``/nic/update`` (HTTP; put TLS in front of it)."""
+
+    enabled: bool = True
+    #: Loopback by default: serve it to the world through a TLS reverse proxy.
+    listen: list[str] = ["127.0.0.1", "::1"]
+    #: 0 picks a free port (tests).
+    port: int = Field(8080, ge=0, le=65535)
+    #: Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (the caller's address
+    #: is the default ``myip`` of ``/nic/update``).
+    trusted_proxies: list[str] = ["127.0.0.1", "::1"]
+    #: Largest request body accepted, bytes; beyond it 413.
+    max_body: int = Field(65536, ge=1024)
+    #: Failed logins (password or token) allowed per client address: rate per second and burst.
+    login_failures_per_second: float = Field(0.2, gt=0)
+    login_failure_burst: int = Field(10, ge=1)
+    #: ``/nic/update`` answers ``abuse`` after this many unchanged updates of one tunnel in a
+    #: row within ``nochg_window`` seconds.
+    nochg_limit: int = Field(5, ge=1)
+    nochg_window: float = Field(300.0, gt=0)
+
+
 class DatabaseSection(_Section):
     """The store. Empty url: SQLite (WAL) in the data directory."""
 
@@ -219,6 +241,7 @@ class Config(_Section):
     keepalive: KeepaliveSection = KeepaliveSection()
     limits: LimitsSection = LimitsSection()
     tunnelserver: TunnelServerSection = TunnelServerSection()
+    web: WebSection = WebSection()
     database: DatabaseSection = DatabaseSection()
     logging: LoggingSection = LoggingSection()
 

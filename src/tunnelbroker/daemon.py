@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunnelbroker.broker.persistence import Persister
 from tunnelbroker.broker.service import Broker, TunnelEvent
@@ -23,6 +24,10 @@ from tunnelbroker.store.owner import owner_lock
 from tunnelbroker.tunnelserver.bridge import installable, state_from_record
 from tunnelbroker.tunnelserver.engine import Expired
 from tunnelbroker.tunnelserver.userspace import DataPlaneConfig, UserspaceDataPlane
+from tunnelbroker.web.schemas import TunnelStats
+
+if TYPE_CHECKING:
+    from tunnelbroker.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,7 @@ class Daemon:
         self.dataplane: UserspaceDataPlane | None = None
         self._stop = asyncio.Event()
         self._owner = contextlib.ExitStack()
+        self.web: WebServer | None = None
 
     async def startup(self) -> None:
         started = time.monotonic()
@@ -94,6 +100,12 @@ class Daemon:
             )
             if self.dataplane is not None:
                 self.dataplane.set_udp_sender(self._send_v6udpv4)
+        if config.web.enabled:
+            from tunnelbroker.web.app import WebContext
+            from tunnelbroker.web.server import WebServer
+
+            self.web = WebServer(WebContext(config, self.broker, users, store, self._stats))
+            await self.web.start()
         self._housekeeping = asyncio.create_task(self._expire_loop())
         log.info(
             "tunnelbroker ready in %.2fs: %d live tunnels; TSP on %s port %d (udp+tcp)",
@@ -110,6 +122,8 @@ class Daemon:
         self._stop.set()
 
     async def shutdown(self) -> None:
+        if self.web is not None:
+            await self.web.stop()
         for t in self._udp:
             t.close()
         for s in self._tcp:
@@ -177,6 +191,26 @@ class Daemon:
             dp.remove_tunnel(event.tunnel.id)
         else:
             dp.add_tunnel(state_from_record(event.tunnel, time.time(), time.monotonic()))
+
+    def _stats(self, tunnel_id: int) -> TunnelStats | None:
+        """A tunnel's live counters from the data plane (the web shows them)."""
+        dp = self.dataplane
+        if dp is None:
+            return None
+        with dp._lock:
+            t = dp.core.get(tunnel_id)
+            if t is None:
+                return None
+            last, now = t.last_seen, time.monotonic()
+            counters = (t.packets_in, t.packets_out, t.bytes_in, t.bytes_out)
+        return TunnelStats(
+            up=last > 0 and (t.keepalive_interval == 0 or now - last < 3 * t.keepalive_interval),
+            idle_seconds=now - last if last > 0 else None,
+            packets_in=counters[0],
+            packets_out=counters[1],
+            bytes_in=counters[2],
+            bytes_out=counters[3],
+        )
 
     def _on_expired(self, items: list[Expired]) -> None:
         assert self.broker is not None

@@ -31,6 +31,7 @@ async def broker(tmp_path: Path) -> AsyncIterator[Daemon]:
             "data_dir": str(tmp_path),
             "tsp": {"listen": ["127.0.0.1", "::1"], "port": 0},
             "tunnelserver": {"backend": "none"},
+            "web": {"port": 0},
         },
     )
     async with running(config) as daemon:

@@ -37,6 +37,7 @@ def _config(tmp_path: Path, listen: list[str], port: int = 0, **sections: Any) -
             "data_dir": str(tmp_path),
             "tsp": {"listen": listen, "port": port},
             "tunnelserver": {"backend": "none"},
+            "web": {"port": 0},
             **sections,
         },
     )

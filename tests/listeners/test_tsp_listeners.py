@@ -41,6 +41,7 @@ def config(tmp: Path, **over: Any) -> Any:
         "data_dir": str(tmp),
         "tsp": {"listen": ["127.0.0.1", "::1"], "port": 0},
         "tunnelserver": {"backend": "none"},
+        "web": {"port": 0},
     }
     for k, v in over.items():
         base.setdefault(k, {}).update(v) if isinstance(v, dict) else base.__setitem__(k, v)

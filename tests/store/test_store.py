@@ -424,3 +424,20 @@ def test_readers_run_while_the_writer_writes(store: Store) -> None:
             r.join()
     assert errors == []
     assert store.count_tunnels() == 1000
+
+
+def test_tokens_are_per_user_and_go_with_the_user(store: Store) -> None:
+    alice = store.add_user("alice", "h", "0" * 32, "r")
+    bob = store.add_user("bob", "h", "0" * 32, "r")
+    t = store.add_token(alice.id, "a" * 64, "laptop", 10.0)
+    store.add_token(bob.id, "b" * 64, "router", 10.0)
+    found = store.find_token("a" * 64, now=100.0)
+    assert found is not None and (found.id, found.user_id, found.name) == (t.id, alice.id, "laptop")
+    assert found.last_used == 100.0
+    again = store.find_token("a" * 64, now=130.0)  # within a minute: not written again
+    assert again is not None and again.last_used == 100.0
+    assert store.find_token("c" * 64) is None
+    assert [x.name for x in store.list_tokens(alice.id)] == ["laptop"]
+    assert not store.delete_token(bob.id, t.id)  # not bob's
+    assert store.delete_user("alice")
+    assert store.find_token("a" * 64) is None and store.list_tokens(bob.id)[0].name == "router"

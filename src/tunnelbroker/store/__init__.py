@@ -6,7 +6,7 @@ models exist to define the schema.
 
 from tunnelbroker.store.database import Applied, Changes, Store
 from tunnelbroker.store.errors import MigrationError, StoreError, UserExists
-from tunnelbroker.store.records import AllocationRecord, TunnelRecord, UserRecord
+from tunnelbroker.store.records import AllocationRecord, TokenRecord, TunnelRecord, UserRecord
 
 __all__ = [
     "AllocationRecord",
@@ -15,6 +15,7 @@ __all__ = [
     "MigrationError",
     "Store",
     "StoreError",
+    "TokenRecord",
     "TunnelRecord",
     "UserExists",
     "UserRecord",

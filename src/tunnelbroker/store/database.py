@@ -41,8 +41,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemy
 from sqlalchemy.pool import StaticPool
 
 from tunnelbroker.store.errors import MigrationError, StoreError, UserExists
-from tunnelbroker.store.models import allocations, tunnels, users
-from tunnelbroker.store.records import AllocationRecord, TunnelRecord, UserRecord
+from tunnelbroker.store.models import allocations, api_tokens, tunnels, users
+from tunnelbroker.store.records import AllocationRecord, TokenRecord, TunnelRecord, UserRecord
 
 #: Alembic's script directory, shipped inside the package.
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -311,6 +311,52 @@ class Store:
 
     def _update_user(self, stmt: Any, name: str) -> bool:
         with _wrapped(f"cannot change user {name!r}"), self._engine.begin() as conn:
+            return bool(conn.execute(stmt).rowcount)
+
+    # -- API tokens ---------------------------------------------------------------------------
+
+    def add_token(self, user_id: int, token_hash: str, name: str, now: float) -> TokenRecord:
+        """Store a new token's hash for a user."""
+        values: dict[str, Any] = {
+            "user_id": user_id,
+            "token_hash": token_hash,
+            "name": name,
+            "created_at": now,
+            "last_used": None,
+        }
+        with _wrapped("cannot add the token"), self._engine.begin() as conn:
+            new_id = conn.execute(insert(api_tokens).values(values).returning(api_tokens.c.id))
+            return TokenRecord(id=int(new_id.scalar_one()), **values)
+
+    def find_token(self, token_hash: str, now: float | None = None) -> TokenRecord | None:
+        """The token with this hash, or None; ``now`` also records it as used."""
+        cols = [api_tokens.c[f.name] for f in fields(TokenRecord)]
+        with _wrapped("cannot read tokens"), self._engine.begin() as conn:
+            row = conn.execute(select(*cols).where(api_tokens.c.token_hash == token_hash)).first()
+            if row is None:
+                return None
+            token = TokenRecord(*row)
+            # Recorded at most once a minute: every API call must not be a write.
+            if now is not None and (token.last_used is None or now - token.last_used > 60):
+                conn.execute(
+                    update(api_tokens).where(api_tokens.c.id == token.id).values(last_used=now)
+                )
+                token.last_used = now
+        return token
+
+    def list_tokens(self, user_id: int) -> list[TokenRecord]:
+        """A user's tokens, oldest first."""
+        cols = [api_tokens.c[f.name] for f in fields(TokenRecord)]
+        stmt = select(*cols).where(api_tokens.c.user_id == user_id).order_by(api_tokens.c.id)
+        with _wrapped("cannot read tokens"), self._engine.connect() as conn:
+            return [TokenRecord(*row) for row in conn.execute(stmt)]
+
+    def delete_token(self, user_id: int, token_id: int) -> bool:
+        """Revoke one of a user's tokens; False if they have no such token."""
+        stmt = delete(api_tokens).where(
+            api_tokens.c.id == token_id, api_tokens.c.user_id == user_id
+        )
+        with _wrapped("cannot delete the token"), self._engine.begin() as conn:
             return bool(conn.execute(stmt).rowcount)
 
     # -- tunnels and allocations --------------------------------------------------------------

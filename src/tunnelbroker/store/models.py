@@ -121,7 +121,21 @@ class Allocation(Base):
     created_at: Mapped[float] = mapped_column(Double)
 
 
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    __table_args__ = (Index("ix_api_tokens_user_id", "user_id"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(Integer, ForeignKey("users.id", ondelete="CASCADE"))
+    #: SHA-256 of the token, hex: the token itself is shown once and never stored.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Double)
+    last_used: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
 #: The tables, for Core statements.
 users: Table = Base.metadata.tables["users"]
 tunnels: Table = Base.metadata.tables["tunnels"]
 allocations: Table = Base.metadata.tables["allocations"]
+api_tokens: Table = Base.metadata.tables["api_tokens"]

@@ -105,3 +105,15 @@ class AllocationRecord:
     #: CIDR; unique across all allocations.
     prefix: str
     created_at: float
+
+
+@dataclass(slots=True)
+class TokenRecord:
+    """One API token of a user; only its SHA-256 is stored."""
+
+    id: int
+    user_id: int
+    token_hash: str
+    name: str
+    created_at: float
+    last_used: float | None = None
