@@ -106,5 +106,5 @@ def test_sqlite_ddl_is_exactly_what_the_models_create(tmp_path: Path) -> None:
     engine.dispose()
     migrated = ddl(f"sqlite:///{tmp_path / 'migrated.db'}")
     assert migrated == ddl(f"sqlite:///{tmp_path / 'created.db'}")
-    assert sum("AUTOINCREMENT" in sql for _, sql in migrated) == 4
+    assert sum("AUTOINCREMENT" in sql for _, sql in migrated) == 6
     assert sum(sql.count("ON DELETE") for _, sql in migrated) == 4

@@ -441,3 +441,21 @@ def test_tokens_are_per_user_and_go_with_the_user(store: Store) -> None:
     assert not store.delete_token(bob.id, t.id)  # not bob's
     assert store.delete_user("alice")
     assert store.find_token("a" * 64) is None and store.list_tokens(bob.id)[0].name == "router"
+
+
+def test_audit_log_newest_first_and_paged(store: Store) -> None:
+    for i in range(5):
+        store.audit("login", actor="alice", source="192.0.2.1", target=f"t{i}", now=float(i))
+    entries = store.audit_entries(limit=3)
+    assert [e.target for e in entries] == ["t4", "t3", "t2"] and entries[0].actor == "alice"
+    older = store.audit_entries(limit=3, before_id=entries[-1].id)
+    assert [e.target for e in older] == ["t1", "t0"]
+
+
+def test_invites_are_single_use(store: Store) -> None:
+    store.add_invite("f" * 64, "admin", 1.0)
+    assert store.count_unused_invites() == 1
+    assert store.use_invite("f" * 64, "alice", 2.0)
+    assert not store.use_invite("f" * 64, "bob", 3.0)
+    assert not store.use_invite("e" * 64, "bob", 3.0)
+    assert store.count_unused_invites() == 0

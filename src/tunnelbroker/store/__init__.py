@@ -6,11 +6,18 @@ models exist to define the schema.
 
 from tunnelbroker.store.database import Applied, Changes, Store
 from tunnelbroker.store.errors import MigrationError, StoreError, UserExists
-from tunnelbroker.store.records import AllocationRecord, TokenRecord, TunnelRecord, UserRecord
+from tunnelbroker.store.records import (
+    AllocationRecord,
+    AuditRecord,
+    TokenRecord,
+    TunnelRecord,
+    UserRecord,
+)
 
 __all__ = [
     "AllocationRecord",
     "Applied",
+    "AuditRecord",
     "Changes",
     "MigrationError",
     "Store",

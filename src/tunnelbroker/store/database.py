@@ -41,8 +41,14 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemy
 from sqlalchemy.pool import StaticPool
 
 from tunnelbroker.store.errors import MigrationError, StoreError, UserExists
-from tunnelbroker.store.models import allocations, api_tokens, tunnels, users
-from tunnelbroker.store.records import AllocationRecord, TokenRecord, TunnelRecord, UserRecord
+from tunnelbroker.store.models import allocations, api_tokens, audit_log, invites, tunnels, users
+from tunnelbroker.store.records import (
+    AllocationRecord,
+    AuditRecord,
+    TokenRecord,
+    TunnelRecord,
+    UserRecord,
+)
 
 #: Alembic's script directory, shipped inside the package.
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -358,6 +364,59 @@ class Store:
         )
         with _wrapped("cannot delete the token"), self._engine.begin() as conn:
             return bool(conn.execute(stmt).rowcount)
+
+    # -- audit log and invitations ----------------------------------------------------------
+
+    def audit(
+        self,
+        action: str,
+        *,
+        actor: str | None = None,
+        source: str | None = None,
+        target: str | None = None,
+        detail: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Append one entry to the audit log."""
+        values = {
+            "at": time.time() if now is None else now,
+            "actor": actor,
+            "source": (source or "")[:64] or None,
+            "action": action[:64],
+            "target": (target or "")[:128] or None,
+            "detail": detail,
+        }
+        with _wrapped("cannot write the audit log"), self._engine.begin() as conn:
+            conn.execute(insert(audit_log).values(values))
+
+    def audit_entries(self, limit: int = 200, before_id: int | None = None) -> list[AuditRecord]:
+        """The newest entries first."""
+        cols = [audit_log.c[f.name] for f in fields(AuditRecord)]
+        stmt = select(*cols).order_by(audit_log.c.id.desc()).limit(limit)
+        if before_id is not None:
+            stmt = stmt.where(audit_log.c.id < before_id)
+        with _wrapped("cannot read the audit log"), self._engine.connect() as conn:
+            return [AuditRecord(*row) for row in conn.execute(stmt)]
+
+    def add_invite(self, code_hash: str, created_by: str, now: float) -> None:
+        values = {"code_hash": code_hash, "created_by": created_by, "created_at": now}
+        with _wrapped("cannot add the invitation"), self._engine.begin() as conn:
+            conn.execute(insert(invites).values(values))
+
+    def use_invite(self, code_hash: str, used_by: str, now: float) -> bool:
+        """Spend an unused invitation; False if there is none with that code."""
+        stmt = (
+            update(invites)
+            .where(invites.c.code_hash == code_hash, invites.c.used_by.is_(None))
+            .values(used_by=used_by, used_at=now)
+        )
+        with _wrapped("cannot use the invitation"), self._engine.begin() as conn:
+            return bool(conn.execute(stmt).rowcount)
+
+    def count_unused_invites(self) -> int:
+        stmt = select(func.count()).select_from(invites).where(invites.c.used_by.is_(None))
+        with _wrapped("cannot read invitations"), self._engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
 
     # -- tunnels and allocations --------------------------------------------------------------
 

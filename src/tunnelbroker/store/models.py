@@ -134,8 +134,40 @@ class ApiToken(Base):
     last_used: Mapped[float | None] = mapped_column(Double, nullable=True)
 
 
+class AuditEntry(Base):
+    """Who did what, for the operators: sign-ups, logins, tunnel and account changes."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Double)
+    #: The account acting (None: anonymous, e.g. a failed login), by name: it outlives the row.
+    actor: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    source: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    detail: Mapped[str | None] = mapped_column(String, nullable=True)
+
+
+class Invite(Base):
+    """A sign-up invitation (``[web] signup = "invite"``); only its SHA-256 is stored."""
+
+    __tablename__ = "invites"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Double)
+    used_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    used_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
 #: The tables, for Core statements.
 users: Table = Base.metadata.tables["users"]
 tunnels: Table = Base.metadata.tables["tunnels"]
 allocations: Table = Base.metadata.tables["allocations"]
 api_tokens: Table = Base.metadata.tables["api_tokens"]
+audit_log: Table = Base.metadata.tables["audit_log"]
+invites: Table = Base.metadata.tables["invites"]

@@ -117,3 +117,16 @@ class TokenRecord:
     name: str
     created_at: float
     last_used: float | None = None
+
+
+@dataclass(slots=True)
+class AuditRecord:
+    """One audit log entry."""
+
+    id: int
+    at: float
+    actor: str | None
+    source: str | None
+    action: str
+    target: str | None
+    detail: str | None
