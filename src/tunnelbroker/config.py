@@ -37,6 +37,8 @@ class BrokerSection(_Section):
     dns_servers: list[str] = ["2001:4860:4860::8888"]
     #: Domain under which client names are published (``<address type="dn">``); empty: none.
     client_domain: str = ""
+    #: This tunnel server's name (TIC's ``POP Id``, the portal's server list).
+    pop_name: str = Field("pop01", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
 
     @field_validator("server_ipv4")
     @classmethod
@@ -217,6 +219,19 @@ class WebSection(_Section):
     #: row within ``nochg_window`` seconds.
     nochg_limit: int = Field(5, ge=1)
     nochg_window: float = Field(300.0, gt=0)
+    #: Who may sign up on the portal: ``open`` (anyone), ``approval`` (an administrator
+    #: enables new accounts), ``invite`` (with a code an administrator made), ``closed``.
+    signup: Literal["open", "approval", "invite", "closed"] = "approval"
+    #: New sign-ups allowed per client address: rate per second and burst.
+    signups_per_second: float = Field(0.01, gt=0)
+    signup_burst: int = Field(3, ge=1)
+    #: Portal sessions last this long, seconds.
+    session_lifetime: int = Field(43200, ge=300)
+    #: Send the session cookie only over HTTPS (keep on behind a TLS proxy; off for plain
+    #: HTTP on a lab or loopback).
+    secure_cookies: bool = True
+    #: Check a static tunnel's endpoint answers ICMP echo before creating it (needs root).
+    reachability_check: bool = False
 
 
 class DatabaseSection(_Section):

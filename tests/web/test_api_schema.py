@@ -7,6 +7,9 @@ operation is called authenticated, so generation reaches past the login.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +31,10 @@ from tunnelbroker.web.app import WebContext, create_app
 from tunnelbroker.web.auth import new_token
 from tunnelbroker.web.server import WebServer
 
-_DOC_CONFIG = load_config(None, {})
+# Building the app makes a session key in data_dir: keep that out of the host's /var/lib.
+_DOC_DIR = tempfile.mkdtemp(prefix="tb-openapi-")
+atexit.register(shutil.rmtree, _DOC_DIR, True)
+_DOC_CONFIG = load_config(None, {"data_dir": _DOC_DIR})
 
 
 class _NoContext:

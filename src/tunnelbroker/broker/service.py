@@ -538,6 +538,17 @@ class Broker:
         self._end(t, reason, now)
         return t
 
+    def pool_usage(self) -> list[tuple[str, str, int, float]]:
+        """(name, pool, blocks allocated, fraction used) of each address pool."""
+        return [
+            (name, str(pool.pool), pool.allocated, pool.utilisation())
+            for name, pool in (
+                ("link /64s", self._link_pool),
+                ("delegated prefixes", self._delegated_pool),
+                ("IPv4 /30s (v4v6)", self._ipv4_pool),
+            )
+        ]
+
     # ---------------------------------------------------------------- expiry
 
     def next_expiry(self) -> float | None:

@@ -11,12 +11,13 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tunnelbroker import __version__
@@ -38,6 +39,7 @@ from tunnelbroker.web.schemas import (
     TunnelPatch,
     TunnelStats,
 )
+from tunnelbroker.web.sessions import session_key
 
 _T = TypeVar("_T")
 
@@ -56,6 +58,20 @@ _STATUS = {
 }
 
 
+@dataclass(frozen=True)
+class PlatformChoice:
+    id: str
+    name: str
+
+
+class ConfigSource(Protocol):
+    """Configuration scripts for a tunnel, per platform."""
+
+    def platforms(self, tunnel: TunnelOut) -> list[PlatformChoice]: ...
+
+    def render(self, tunnel: TunnelOut, platform: str) -> tuple[str, str, str] | None: ...
+
+
 class ApiError(Exception):
     def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
@@ -71,8 +87,10 @@ class WebContext:
     users: UserService
     store: Store
     stats: StatsSource = lambda _tid: None
+    configs: ConfigSource | None = None
     auth: Authenticator = field(init=False)
     nochg: nic.NochgThrottle = field(init=False)
+    signups: KeyedRateLimiter[str] = field(init=False)
 
     def __post_init__(self) -> None:
         web = self.config.web
@@ -82,6 +100,20 @@ class WebContext:
             KeyedRateLimiter(web.login_failures_per_second, web.login_failure_burst),
         )
         self.nochg = nic.NochgThrottle(web.nochg_limit, web.nochg_window)
+        self.signups = KeyedRateLimiter(web.signups_per_second, web.signup_burst)
+
+    @property
+    def pop_name(self) -> str:
+        """This tunnel server's name as users see it."""
+        return self.config.broker.pop_name
+
+    def config_platforms(self, tunnel: TunnelOut) -> list[PlatformChoice]:
+        """Platforms a configuration can be downloaded for, for this tunnel."""
+        return [] if self.configs is None else self.configs.platforms(tunnel)
+
+    def render_config(self, tunnel: TunnelOut, platform: str) -> tuple[str, str, str] | None:
+        """(file name, media type, text) of the configuration, or None if not offered."""
+        return None if self.configs is None else self.configs.render(tunnel, platform)
 
 
 class BodyLimit:
@@ -208,7 +240,20 @@ def create_app(ctx: WebContext) -> FastAPI:
     async def _refused(_r: Request, e: BrokerError) -> JSONResponse:
         return JSONResponse({"error": str(e)}, _STATUS.get(e.refusal, 400))
 
-    app.add_middleware(BodyLimit, limit=ctx.config.web.max_body)
+    from tunnelbroker.web import portal
+
+    portal.install_handlers(app)
+    portal.mount(app, ctx)
+    web = ctx.config.web
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=session_key(ctx.config.data_dir),
+        session_cookie="tb_session",
+        max_age=web.session_lifetime,
+        same_site="lax",
+        https_only=web.secure_cookies,
+    )
+    app.add_middleware(BodyLimit, limit=web.max_body)
 
     def own_tunnel(user: UserRecord, tunnel_id: int) -> Any:
         t = ctx.broker.tunnels.get(tunnel_id)
