@@ -234,6 +234,30 @@ class WebSection(_Section):
     reachability_check: bool = False
 
 
+class DnsSection(_Section):
+    """Publishing tunnels in the DNS: RFC 2136 updates to the operator's primary server."""
+
+    enabled: bool = False
+    #: The primary server that accepts dynamic updates for ``zones``.
+    server: str = "127.0.0.1"
+    port: int = Field(53, ge=1, le=65535)
+    #: Zones the broker may update: the forward zone of ``broker.client_domain`` and the
+    #: ip6.arpa zones covering the pools. Records outside them are not published.
+    zones: list[str] = []
+    #: TSIG key for the updates (strongly advised); empty name: unsigned.
+    tsig_name: str = ""
+    tsig_secret: str = ""
+    tsig_algorithm: str = "hmac-sha256"
+    ttl: int = Field(3600, ge=1)
+    timeout: float = Field(5.0, gt=0)
+
+    @field_validator("server")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+
 class DatabaseSection(_Section):
     """The store. Empty url: SQLite (WAL) in the data directory."""
 
@@ -257,6 +281,7 @@ class Config(_Section):
     limits: LimitsSection = LimitsSection()
     tunnelserver: TunnelServerSection = TunnelServerSection()
     web: WebSection = WebSection()
+    dns: DnsSection = DnsSection()
     database: DatabaseSection = DatabaseSection()
     logging: LoggingSection = LoggingSection()
 

@@ -15,6 +15,7 @@ from tunnelbroker.broker.persistence import Persister
 from tunnelbroker.broker.service import Broker, TunnelEvent
 from tunnelbroker.broker.users import UserService
 from tunnelbroker.config import Config
+from tunnelbroker.dnsnames.publisher import DnsPublisher
 from tunnelbroker.listeners.tsp import TspService, TspUdpProtocol, start_tsp
 from tunnelbroker.listeners.udp_endpoint import PktinfoEndpoint
 from tunnelbroker.protocols.tsp.messages import TunnelType
@@ -67,6 +68,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._owner = contextlib.ExitStack()
         self.web: WebServer | None = None
+        self.dns: DnsPublisher | None = None
 
     async def startup(self) -> None:
         started = time.monotonic()
@@ -100,6 +102,8 @@ class Daemon:
             )
             if self.dataplane is not None:
                 self.dataplane.set_udp_sender(self._send_v6udpv4)
+        if config.dns.enabled:
+            self._start_dns()
         if config.web.enabled:
             from tunnelbroker.web.app import WebContext
             from tunnelbroker.web.server import WebServer
@@ -124,6 +128,9 @@ class Daemon:
     async def shutdown(self) -> None:
         if self.web is not None:
             await self.web.stop()
+        if self.dns is not None:
+            await self.dns.settled(timeout=5)
+            await self.dns.stop()
         for t in self._udp:
             t.close()
         for s in self._tcp:
@@ -191,6 +198,31 @@ class Daemon:
             dp.remove_tunnel(event.tunnel.id)
         else:
             dp.add_tunnel(state_from_record(event.tunnel, time.time(), time.monotonic()))
+
+    def _start_dns(self) -> None:
+        """Publish every live tunnel now, and every change from now on."""
+        assert self.broker is not None and self.store is not None
+        broker, store = self.broker, self.store
+
+        def user_name(user_id: int) -> str | None:
+            u = store.get_user_by_id(user_id)
+            return u.name if u is not None else None
+
+        def problems(tunnel_id: int, text: str | None) -> None:
+            t = broker.tunnels.get(tunnel_id)
+            if text is not None:
+                broker.record_error(tunnel_id, f"DNS: {text}", time.time())
+            elif t is not None and (t.last_error or "").startswith("DNS: "):
+                broker.record_error(tunnel_id, None, time.time())
+
+        dns = DnsPublisher(
+            self.config.dns, self.config.broker.client_domain, user_name, on_problems=problems
+        )
+        dns.start()
+        for record in broker.tunnels.values():
+            dns.changed(record)
+        broker.add_observer(lambda event: dns.changed(event.tunnel))
+        self.dns = dns
 
     def _stats(self, tunnel_id: int) -> TunnelStats | None:
         """A tunnel's live counters from the data plane (the web shows them)."""
