@@ -232,6 +232,15 @@ class WebSection(_Section):
     secure_cookies: bool = True
     #: Check a static tunnel's endpoint answers ICMP echo before creating it (needs root).
     reachability_check: bool = False
+    #: Networks allowed to read Prometheus metrics at ``/metrics`` (others get 404).
+    metrics_from: list[str] = ["127.0.0.0/8", "::1/128"]
+
+    @field_validator("metrics_from", "trusted_proxies")
+    @classmethod
+    def _nets(cls, v: list[str]) -> list[str]:
+        for n in v:
+            ipaddress.ip_network(n, strict=False)
+        return v
 
 
 class DnsSection(_Section):

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from tunnelbroker.config import Config
 from tunnelbroker.dnsnames.publisher import DnsPublisher
 from tunnelbroker.listeners.tsp import TspService, TspUdpProtocol, start_tsp
 from tunnelbroker.listeners.udp_endpoint import PktinfoEndpoint
+from tunnelbroker.metrics import Figures
 from tunnelbroker.protocols.tsp.messages import TunnelType
 from tunnelbroker.protocols.tsp.server import ServerSettings, referral_addresses
 from tunnelbroker.store.database import Store
@@ -108,7 +110,9 @@ class Daemon:
             from tunnelbroker.web.app import WebContext
             from tunnelbroker.web.server import WebServer
 
-            self.web = WebServer(WebContext(config, self.broker, users, store, self._stats))
+            ctx = WebContext(config, self.broker, users, store, self._stats)
+            ctx.figures = self.figures
+            self.web = WebServer(ctx)
             await self.web.start()
         self._housekeeping = asyncio.create_task(self._expire_loop())
         log.info(
@@ -223,6 +227,36 @@ class Daemon:
             dns.changed(record)
         broker.add_observer(lambda event: dns.changed(event.tunnel))
         self.dns = dns
+
+    def figures(self) -> Figures:
+        """The daemon's figures for ``/metrics`` (on the event loop)."""
+        f = Figures()
+        if self.broker is not None:
+            counts: Counter[tuple[str, str]] = Counter(
+                (t.kind, t.type) for t in self.broker.tunnels.values()
+            )
+            f.tunnels = counts
+            f.pools = {name: used for name, _p, _n, used in self.broker.pool_usage()}
+        if self.tsp is not None:
+            f.tsp_sessions_started = self.tsp.sessions_started
+            f.tsp_sessions_refused = self.tsp.sessions_refused
+            f.tsp_tunnels_accepted = self.tsp.tunnels_accepted
+        dp = self.dataplane
+        if dp is not None:
+            with dp._lock:
+                f.drops = {d.name.lower(): n for d, n in dp.core.drops.items()}
+                states = list(dp.core.tunnels())
+                f.packets = {
+                    "in": sum(t.packets_in for t in states),
+                    "out": sum(t.packets_out for t in states),
+                }
+                f.bytes = {
+                    "in": sum(t.bytes_in for t in states),
+                    "out": sum(t.bytes_out for t in states),
+                }
+        if self.dns is not None:
+            f.dns_errors = len(self.dns.errors)
+        return f
 
     def _stats(self, tunnel_id: int) -> TunnelStats | None:
         """A tunnel's live counters from the data plane (the web shows them)."""

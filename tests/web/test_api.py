@@ -217,3 +217,18 @@ async def test_nic_update(http: httpx.AsyncClient, daemon: Daemon) -> None:
         and r.text == "badauth\n"
         and "basic" in r.headers["www-authenticate"].lower()
     )
+
+
+async def test_metrics_for_allowed_networks_only(http: httpx.AsyncClient, tmp_path: Path) -> None:
+    auth = await token_for(http)
+    await http.post("/api/v1/tunnels", json={"type": "ayiya"}, headers=auth)
+    r = await http.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert 'tunnelbroker_tunnels{kind="ayiya",type="ayiya"} 1.0' in r.text
+    assert (
+        "tunnelbroker_pool_utilisation" in r.text and "tunnelbroker_tsp_sessions_started" in r.text
+    )
+    async with running(_config(tmp_path / "other", metrics_from=["192.0.2.0/24"])) as d:
+        assert d.web is not None
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.web.port}") as other:
+            assert (await other.get("/metrics")).status_code == 404

@@ -8,6 +8,7 @@ with a 4xx status, never a 500 for bad input.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Annotated, Any, Protocol, TypeVar
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +28,7 @@ from tunnelbroker.broker.model import BrokerError, ManagedRequest, Refusal
 from tunnelbroker.broker.service import Broker
 from tunnelbroker.broker.users import UserService
 from tunnelbroker.config import Config
+from tunnelbroker.metrics import BrokerCollector, Figures
 from tunnelbroker.store import Store, UserRecord
 from tunnelbroker.web import nic
 from tunnelbroker.web.auth import Authenticator, new_token, parse_basic, parse_bearer
@@ -88,6 +91,8 @@ class WebContext:
     store: Store
     stats: StatsSource = lambda _tid: None
     configs: ConfigSource | None = None
+    #: The daemon's figures for /metrics; None: no metrics.
+    figures: Callable[[], Figures] | None = None
     auth: Authenticator = field(init=False)
     nochg: nic.NochgThrottle = field(init=False)
     signups: KeyedRateLimiter[str] = field(init=False)
@@ -349,6 +354,23 @@ def create_app(ctx: WebContext) -> FastAPI:
         own_tunnel(user, tunnel_id)
         ctx.broker.delete_tunnel(tunnel_id, time.time(), "deleted by its user")
         return Response(status_code=204)
+
+    # ----------------------------------------------------------------- metrics
+
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(BrokerCollector(lambda: ctx.figures() if ctx.figures else Figures()))
+    metrics_from = [ipaddress.ip_network(n) for n in ctx.config.web.metrics_from]
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics, for the networks in ``[web] metrics_from`` only."""
+        try:
+            caller = ipaddress.ip_address(client_address(request))
+        except ValueError:
+            caller = None
+        if caller is None or not any(caller in n for n in metrics_from):
+            raise ApiError(404, "Not Found")
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     # ----------------------------------------------------------------- dyndns
 
