@@ -373,3 +373,25 @@ def test_session_admission_is_rate_limited_per_source(tmp_path: Path) -> None:
         assert h.broker.admit_session("198.51.100.1", NOW + 1.01)
     finally:
         h.close()
+
+
+def test_an_offer_for_an_anonymous_tunnel_that_ended_meanwhile_is_refused(h: Harness) -> None:
+    _, r1 = setup(h.broker, TunnelRequest(Encapsulation.V6V4, "198.51.100.7"), who())
+    lifetime = h.config.lifetimes.anonymous
+    # The client re-signals just before its tunnel expires, and accepts just after.
+    _, offer = h.broker.request(
+        TunnelRequest(Encapsulation.V6V4, "198.51.100.7"), who(), NOW + lifetime - 1
+    )
+    assert h.broker.expire(NOW + lifetime) == [r1]
+    # Meanwhile another client got the released /64.
+    _, other = setup(
+        h.broker,
+        TunnelRequest(Encapsulation.V6V4, "198.51.100.8"),
+        who("198.51.100.8"),
+        NOW + lifetime,
+    )
+    assert other.link_prefix == r1.link_prefix
+    with pytest.raises(BrokerError) as e:
+        h.broker.commit(offer, NOW + lifetime + 1)
+    assert e.value.refusal is Refusal.NO_TUNNEL and "ended meanwhile" in str(e.value)
+    assert r1.state == "ended" and len(h.broker.tunnels) == 1

@@ -103,6 +103,9 @@ class Broker:
         #: (source IPv4, claimed IPv4, family) -> anonymous tunnel, so a NATed client that
         #: reconnects on a new port replaces its tunnel instead of piling up new ones.
         self._by_anon: dict[tuple[str, str, str], TunnelRecord] = {}
+        #: (source, family) -> that source's anonymous tunnels by id, oldest first: TSP
+        #: ``info`` and ``delete`` find them without scanning every anonymous tunnel.
+        self._anon_by_source: dict[tuple[str, str], dict[int, TunnelRecord]] = {}
         #: client IPv4 -> v6v4 tunnel: protocol 41 cannot tell two tunnels to one address apart.
         self._v6v4_endpoints: dict[str, TunnelRecord] = {}
         self._per_ipv4: Counter[str] = Counter()
@@ -278,6 +281,10 @@ class Broker:
         self._offers.discard(offer)
         p = offer
         record = offer.record
+        if p.existing and record.state == "ended" and record.user_id is None:
+            # The anonymous tunnel this offer renews ended meanwhile (expired, or replaced),
+            # and its addresses went back to the pool: they may be someone else's by now.
+            raise BrokerError(Refusal.NO_TUNNEL, "the tunnel ended meanwhile; ask again")
         replacing = record.state == "active"
         if replacing:
             self._unindex(record)
@@ -637,10 +644,8 @@ class Broker:
     def _find(self, who: Requester, family: str) -> TunnelRecord | None:
         if who.user_id is not None:
             return self._by_user.get((who.user_id, family))
-        for (src, _claim, fam), t in self._by_anon.items():
-            if src == who.source_ip and fam == family:
-                return t
-        return None
+        found = self._anon_by_source.get((who.source_ip, family))
+        return next(iter(found.values())) if found else None
 
     def _check_limits(self, who: Requester) -> None:
         limits = self.config.limits
@@ -853,6 +858,7 @@ class Broker:
         else:
             src = t.client_ipv4 or t.client_ipv6 or ""
             self._by_anon[(src, t.claimed_ipv4 or "", family)] = t
+            self._anon_by_source.setdefault((src, family), {})[t.id] = t
             self._per_ipv4[src] += 1
         if t.type == Encapsulation.V6V4 and t.client_ipv4:
             self._v6v4_endpoints[t.client_ipv4] = t
@@ -875,6 +881,11 @@ class Broker:
         else:
             src = t.client_ipv4 or t.client_ipv6 or ""
             self._by_anon.pop((src, t.claimed_ipv4 or "", family), None)
+            same = self._anon_by_source.get((src, family))
+            if same is not None:
+                same.pop(t.id, None)
+                if not same:
+                    del self._anon_by_source[(src, family)]
             self._per_ipv4[src] -= 1
             if self._per_ipv4[src] <= 0:
                 del self._per_ipv4[src]
