@@ -173,6 +173,8 @@ class LimitsSection(_Section):
     max_tunnels: int = Field(100000, ge=1)
     #: Delegate prefixes to anonymous (router-mode) sessions; off: they get 522.
     anonymous_prefixes: bool = False
+    #: Managed tunnels of one account that may have a prefix besides their routed /64 (a /48).
+    prefixes_per_user: int = Field(1, ge=0)
     #: Non-global IPv4 networks accepted anyway as static 6in4 endpoints (a lab, a private
     #: network); otherwise private, shared (100.64/10) and reserved addresses are refused.
     static_endpoint_networks: list[IPv4Net] = []

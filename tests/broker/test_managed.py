@@ -51,6 +51,9 @@ def test_static_tunnel_gets_its_own_link_and_routed_64(h: Harness, uid: int) -> 
 
 def test_several_tunnels_per_account_each_with_distinct_addresses(h: Harness, uid: int) -> None:
     a = h.broker.create_tunnel(uid, ManagedRequest("heartbeat", prefix_length=48), NOW)
+    with pytest.raises(BrokerError) as limit:  # prefixes_per_user = 1
+        h.broker.create_tunnel(uid, ManagedRequest("ayiya", prefix_length=56), NOW)
+    assert limit.value.refusal is Refusal.USER_LIMIT and "at most 1" in str(limit.value)
     b = h.broker.create_tunnel(uid, ManagedRequest("ayiya", routed_64=False), NOW)
     assert a.secret and b.secret and a.secret != b.secret
     assert ipaddress.IPv6Network(a.delegated_prefix or "").prefixlen == 48

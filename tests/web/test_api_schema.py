@@ -41,6 +41,7 @@ class _NoContext:
     """Enough of a context to build the application for its OpenAPI document."""
 
     config = _DOC_CONFIG
+    figures = None
 
 
 # The document does not depend on state, so the operations are known at collection time.

@@ -406,6 +406,18 @@ class Broker:
                 )
         who = Requester(user_id, None, endpoint or "", 0, "api")
         self._check_limits(who)
+        if req.prefix_length is not None:
+            held = sum(
+                1
+                for t in self._user_tunnels.get(user_id, {}).values()
+                if t.kind in MANAGED_KINDS and t.delegated_prefix
+            )
+            if held >= self.config.limits.prefixes_per_user:
+                raise BrokerError(
+                    Refusal.USER_LIMIT,
+                    f"at most {self.config.limits.prefixes_per_user} tunnels with a prefix "
+                    "besides the routed /64 per account",
+                )
         record = TunnelRecord(
             id=next(self._tunnel_ids),
             user_id=user_id,

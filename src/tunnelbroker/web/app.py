@@ -357,7 +357,7 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     # ----------------------------------------------------------------- metrics
 
-    registry = CollectorRegistry(auto_describe=True)
+    registry = CollectorRegistry(auto_describe=False)
     registry.register(BrokerCollector(lambda: ctx.figures() if ctx.figures else Figures()))
     metrics_from = [ipaddress.ip_network(n) for n in ctx.config.web.metrics_from]
 
