@@ -1,0 +1,130 @@
+"""Receive-side validation of AYIYA datagrams (sixxs.md §3.6, §3.7) and one tunnel's link.
+
+The checks, in order (cheap before expensive, and the replay window last so that only
+authentic datagrams are remembered):
+
+1. the header is the SHA-1/IPv6-identity profile and the payload matches Next Header
+   (:func:`~.codec.decode`);
+2. the OpCode is one this side acts on: a PoP takes NOOP, Forward and the two Echo Requests
+   (sixxsd); a client takes Forward and the Echo Requests, and drops NOOPs (AICCU);
+3. the identity is the peer's tunnel address (a PoP first finds the tunnel by it);
+4. ``|now - epoch| <= 120`` s;
+5. the SHA-1 signature;
+6. the datagram was not accepted before (:class:`~.replay.ReplayWindow`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import Enum
+
+from tunnelbroker.protocols.ayiya import codec
+from tunnelbroker.protocols.ayiya.errors import AyiyaDrop
+from tunnelbroker.protocols.ayiya.messages import AyiyaPacket, OpCode
+from tunnelbroker.protocols.ayiya.replay import CLOCK_WINDOW, ReplayWindow, Verdict
+
+
+class Role(Enum):
+    """Which side receives: the PoP (from clients) or a client (from the PoP)."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+
+_ACCEPTED_OPCODES = {
+    Role.SERVER: frozenset(
+        {OpCode.NOOP, OpCode.FORWARD, OpCode.ECHO_REQUEST, OpCode.ECHO_REQUEST_FORWARD}
+    ),
+    Role.CLIENT: frozenset({OpCode.FORWARD, OpCode.ECHO_REQUEST, OpCode.ECHO_REQUEST_FORWARD}),
+}
+
+_REPLAY_DROPS = {
+    Verdict.REPLAYED: AyiyaDrop.REPLAYED,
+    Verdict.STALE: AyiyaDrop.STALE,
+    Verdict.FULL: AyiyaDrop.REPLAY_WINDOW_FULL,
+}
+
+
+def verify(
+    packet: AyiyaPacket,
+    key: bytes,
+    now: float,
+    *,
+    role: Role,
+    peer_identity: ipaddress.IPv6Address,
+    replay: ReplayWindow | None = None,
+    clock_window: int = CLOCK_WINDOW,
+) -> AyiyaPacket | AyiyaDrop:
+    """Check a decoded datagram from the peer whose tunnel address is ``peer_identity``.
+
+    Args:
+        key: ``SHA1(tunnel secret)`` (:func:`~.codec.signing_key`).
+        now: the current time, epoch seconds.
+        replay: the tunnel's replay window; None checks the clock only (sixxsd's behaviour).
+    """
+    if packet.opcode not in _ACCEPTED_OPCODES[role]:
+        return AyiyaDrop.BAD_OPCODE
+    if packet.identity != peer_identity:
+        return AyiyaDrop.WRONG_IDENTITY
+    if abs(now - packet.epoch) > clock_window:
+        return AyiyaDrop.CLOCK_SKEW
+    if not codec.signature_valid(packet, key):
+        return AyiyaDrop.BAD_SIGNATURE
+    if replay is not None:
+        verdict = replay.check_and_record(packet.epoch, packet.signature)
+        if verdict is not Verdict.ACCEPTED:
+            return _REPLAY_DROPS[verdict]
+    return packet
+
+
+class AyiyaLink:
+    """One tunnel's AYIYA on one side: signs what it sends, validates what it receives.
+
+    A PoP keeps one per AYIYA tunnel (``local`` = the PoP's tunnel address, ``remote`` = the
+    client's, which is also how it finds the link for a datagram); a client keeps one for its
+    tunnel (the other way round).
+    """
+
+    def __init__(
+        self,
+        secret: str | bytes,
+        *,
+        role: Role,
+        local: ipaddress.IPv6Address,
+        remote: ipaddress.IPv6Address,
+        replay: ReplayWindow | None = None,
+        clock_window: int = CLOCK_WINDOW,
+    ) -> None:
+        self.role = role
+        self.local = local
+        self.remote = remote
+        self.key = codec.signing_key(secret)
+        self.replay = replay if replay is not None else ReplayWindow(2 * clock_window)
+        self.clock_window = clock_window
+
+    def receive(self, datagram: bytes, now: float) -> AyiyaPacket | AyiyaDrop:
+        """Decode and verify a datagram from the peer."""
+        packet = codec.decode(datagram)
+        if isinstance(packet, AyiyaDrop):
+            return packet
+        return self.verify(packet, now)
+
+    def verify(self, packet: AyiyaPacket, now: float) -> AyiyaPacket | AyiyaDrop:
+        """Verify an already decoded datagram (a PoP decodes first to find the link)."""
+        return verify(
+            packet,
+            self.key,
+            now,
+            role=self.role,
+            peer_identity=self.remote,
+            replay=self.replay,
+            clock_window=self.clock_window,
+        )
+
+    def forward(self, payload: bytes, now: float) -> bytes:
+        """A signed Forward datagram carrying ``payload`` (an IPv6 or IPv4 packet)."""
+        return codec.build_forward(self.local, self.key, payload, now)
+
+    def noop(self, now: float) -> bytes:
+        """A signed NOOP keepalive (clients only: AICCU drops NOOPs from the PoP)."""
+        return codec.build_noop(self.local, self.key, now)

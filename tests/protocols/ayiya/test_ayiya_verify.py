@@ -1,0 +1,252 @@
+"""AYIYA receive-side checks, the replay window, links back to back and endpoint learning."""
+
+from __future__ import annotations
+
+import ast
+import ipaddress
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tunnelbroker.protocols.ayiya as ayiya
+from tunnelbroker.protocols.ayiya import (
+    AyiyaDrop,
+    AyiyaLink,
+    AyiyaPacket,
+    DynamicEndpoint,
+    OpCode,
+    ReplayWindow,
+    Role,
+    Verdict,
+    build_noop,
+    decode,
+    encode,
+    signing_key,
+    verify,
+)
+
+CLIENT = ipaddress.IPv6Address("2001:db8:1:1::2")
+POP = ipaddress.IPv6Address("2001:db8:1:1::1")
+KEY = signing_key("tunnelpw")
+T = 1700000000
+
+
+def ipv6(n: int = 0) -> bytes:
+    body = n.to_bytes(4, "big")
+    return bytes([0x60, 0, 0, 0, 0, len(body), 59, 64]) + CLIENT.packed + POP.packed + body
+
+
+def pair() -> tuple[AyiyaLink, AyiyaLink]:
+    client = AyiyaLink("tunnelpw", role=Role.CLIENT, local=CLIENT, remote=POP)
+    server = AyiyaLink("tunnelpw", role=Role.SERVER, local=POP, remote=CLIENT)
+    return client, server
+
+
+def test_links_back_to_back() -> None:
+    client, server = pair()
+    noop = server.receive(client.noop(T), T)
+    assert isinstance(noop, AyiyaPacket) and noop.opcode is OpCode.NOOP
+    up = server.receive(client.forward(ipv6(1), T), T)
+    assert isinstance(up, AyiyaPacket) and up.forwards and up.payload == ipv6(1)
+    down = client.receive(server.forward(ipv6(2), T + 1), T + 1)
+    assert isinstance(down, AyiyaPacket) and down.payload == ipv6(2) and down.identity == POP
+
+
+def test_client_drops_noop_from_the_pop() -> None:
+    client, server = pair()
+    assert client.receive(server.noop(T), T) is AyiyaDrop.BAD_OPCODE
+
+
+@pytest.mark.parametrize("opcode", [OpCode.ECHO_RESPONSE, OpCode.MOTD, OpCode.QUERY_REQUEST])
+def test_unused_opcodes_are_dropped_by_both_sides(opcode: OpCode) -> None:
+    client, server = pair()
+    assert server.receive(encode(opcode, 59, T, CLIENT, b"", KEY), T) is AyiyaDrop.BAD_OPCODE
+    assert client.receive(encode(opcode, 59, T, POP, b"", KEY), T) is AyiyaDrop.BAD_OPCODE
+
+
+def test_echo_requests_are_accepted_and_only_3_forwards() -> None:
+    _, server = pair()
+    two = server.receive(encode(OpCode.ECHO_REQUEST, 41, T, CLIENT, ipv6(), KEY), T)
+    three = server.receive(encode(OpCode.ECHO_REQUEST_FORWARD, 41, T, CLIENT, ipv6(), KEY), T)
+    assert isinstance(two, AyiyaPacket) and not two.forwards
+    assert isinstance(three, AyiyaPacket) and three.forwards
+
+
+def test_wrong_identity() -> None:
+    client, server = pair()
+    # The PoP's own address, or another client's, is not this tunnel's client.
+    assert server.receive(build_noop(POP, KEY, T), T) is AyiyaDrop.WRONG_IDENTITY
+    other = ipaddress.IPv6Address("2001:db8:1:2::2")
+    assert server.receive(build_noop(other, KEY, T), T) is AyiyaDrop.WRONG_IDENTITY
+    # AICCU: "Received packet from a wrong identity".
+    assert client.receive(encode(OpCode.FORWARD, 41, T, CLIENT, ipv6(), KEY), T) is (
+        AyiyaDrop.WRONG_IDENTITY
+    )
+
+
+@pytest.mark.parametrize(("skew", "ok"), [(0, True), (120, True), (-120, True), (121, False),
+                                           (-121, False), (10**6, False)])  # fmt: skip
+def test_clock_window(skew: int, ok: bool) -> None:
+    client, server = pair()
+    result = server.receive(client.noop(T + skew), T + 0.5 if skew >= 0 else T)
+    assert isinstance(result, AyiyaPacket) is ok
+    if not ok:
+        assert result is AyiyaDrop.CLOCK_SKEW
+
+
+def test_wrong_secret_is_a_bad_signature() -> None:
+    _, server = pair()
+    assert server.receive(build_noop(CLIENT, signing_key("other"), T), T) is (
+        AyiyaDrop.BAD_SIGNATURE
+    )
+
+
+def test_exact_replay_is_dropped_but_same_second_traffic_passes() -> None:
+    client, server = pair()
+    datagrams = [client.forward(ipv6(i), T) for i in range(50)]
+    assert all(isinstance(server.receive(d, T), AyiyaPacket) for d in datagrams)
+    # The same datagram again, seconds later and within the clock window: a replay.
+    assert server.receive(datagrams[7], T + 100) is AyiyaDrop.REPLAYED
+    # AICCU's three start-up NOOPs in one second are identical: one counts, two are replays.
+    noops = [client.noop(T + 1) for _ in range(3)]
+    results = [server.receive(n, T + 1) for n in noops]
+    assert isinstance(results[0], AyiyaPacket)
+    assert results[1:] == [AyiyaDrop.REPLAYED, AyiyaDrop.REPLAYED]
+
+
+def test_clock_step_back_is_accepted() -> None:
+    """Epochs need not increase: a client whose clock is stepped back keeps working."""
+    client, server = pair()
+    assert isinstance(server.receive(client.noop(T + 110), T), AyiyaPacket)
+    assert isinstance(server.receive(client.noop(T - 110), T), AyiyaPacket)
+    assert isinstance(server.receive(client.forward(ipv6(), T + 5), T), AyiyaPacket)
+
+
+def test_forged_datagrams_do_not_enter_the_window() -> None:
+    _, server = pair()
+    for i in range(100):
+        assert server.receive(build_noop(CLIENT, signing_key(str(i)), T), T) is (
+            AyiyaDrop.BAD_SIGNATURE
+        )
+    assert len(server.replay) == 0
+
+
+def test_verify_without_replay_window_is_sixxsd_behaviour() -> None:
+    packet = decode(build_noop(CLIENT, KEY, T))
+    assert isinstance(packet, AyiyaPacket)
+    for _ in range(3):
+        result = verify(packet, KEY, T, role=Role.SERVER, peer_identity=CLIENT)
+        assert result is packet
+
+
+def test_replay_window_spans_the_clock_window() -> None:
+    window = ReplayWindow()
+    assert window.check_and_record(T, b"a" * 20) is Verdict.ACCEPTED
+    # 239 s newer still remembers T; 241 s newer forgets it (the clock check covers it).
+    assert window.check_and_record(T + 239, b"b" * 20) is Verdict.ACCEPTED
+    assert window.check_and_record(T, b"a" * 20) is Verdict.REPLAYED
+    assert window.check_and_record(T + 241, b"c" * 20) is Verdict.ACCEPTED
+    assert window.check_and_record(T, b"a" * 20) is Verdict.STALE
+    assert len(window) == 2
+
+
+def test_replay_window_sheds_old_seconds_under_pressure() -> None:
+    window = ReplayWindow(capacity=4)
+    for i in range(4):
+        assert window.check_and_record(T + i, bytes([i]) * 20) is Verdict.ACCEPTED
+    assert window.check_and_record(T + 4, b"\x04" * 20) is Verdict.ACCEPTED
+    assert window.floor == T + 1 and len(window) == 4
+    # Forgotten seconds are refused: a replay among them would pass otherwise.
+    assert window.check_and_record(T, b"\x00" * 20) is Verdict.STALE
+    assert window.check_and_record(T + 1, b"\x01" * 20) is Verdict.REPLAYED
+
+
+def test_replay_window_full_second() -> None:
+    window = ReplayWindow(capacity=3)
+    assert [window.check_and_record(T, bytes([i]) * 20) for i in range(4)] == [
+        Verdict.ACCEPTED,
+        Verdict.ACCEPTED,
+        Verdict.ACCEPTED,
+        Verdict.FULL,
+    ]
+    # An older second cannot push out a newer one.
+    window2 = ReplayWindow(capacity=2)
+    window2.check_and_record(T + 5, b"a" * 20)
+    window2.check_and_record(T + 5, b"b" * 20)
+    assert window2.check_and_record(T + 4, b"c" * 20) is Verdict.FULL
+    # A newer one sheds the older second.
+    assert window2.check_and_record(T + 6, b"d" * 20) is Verdict.ACCEPTED
+    with pytest.raises(ValueError):
+        ReplayWindow(capacity=0)
+
+
+def test_full_replay_window_is_a_drop_reason() -> None:
+    client = AyiyaLink("tunnelpw", role=Role.CLIENT, local=CLIENT, remote=POP)
+    server = AyiyaLink(
+        "tunnelpw", role=Role.SERVER, local=POP, remote=CLIENT, replay=ReplayWindow(capacity=2)
+    )
+    results = [server.receive(client.forward(ipv6(i), T), T) for i in range(3)]
+    assert results[2] is AyiyaDrop.REPLAY_WINDOW_FULL
+
+
+@given(st.lists(st.tuples(st.integers(-130, 130), st.integers(0, 5)), max_size=60))
+def test_replay_window_never_accepts_twice(events: list[tuple[int, int]]) -> None:
+    window = ReplayWindow(capacity=8)
+    accepted: set[tuple[int, int]] = set()
+    for epoch, n in events:
+        digest = bytes([n]) * 20
+        verdict = window.check_and_record(T + epoch, digest)
+        if verdict is Verdict.ACCEPTED:
+            assert (epoch, n) not in accepted
+            accepted.add((epoch, n))
+        elif (epoch, n) not in accepted:
+            assert verdict is not Verdict.REPLAYED
+    assert len(window) <= 8
+
+
+@given(st.binary(max_size=200), st.sampled_from(list(Role)))
+def test_fuzz_link_receive_never_raises(data: bytes, role: Role) -> None:
+    link = AyiyaLink("tunnelpw", role=role, local=POP, remote=CLIENT)
+    assert isinstance(link.receive(data, T), AyiyaPacket | AyiyaDrop)
+
+
+def test_dynamic_endpoint_learning_and_silence() -> None:
+    ep = DynamicEndpoint(silence=120)
+    assert ep.get_timer() is None and not ep.handle_timer(T)
+    first = ep.beat(("192.0.2.1", 40000), ("198.51.100.1", 5072), T)
+    assert first.moved and first.came_up and ep.up
+    same = ep.beat(("192.0.2.1", 40000), ("198.51.100.1", 5072), T + 60)
+    assert not same.moved and not same.came_up
+    # NAT rebinding: a new port moves the endpoint.
+    moved = ep.beat(("192.0.2.1", 40001), ("198.51.100.1", 5072), T + 61)
+    assert moved.moved and ep.remote == ("192.0.2.1", 40001)
+    assert ep.get_timer() == T + 181
+    assert not ep.handle_timer(T + 180)
+    assert ep.handle_timer(T + 181) and not ep.up and ep.get_timer() is None
+    assert not ep.handle_timer(T + 500)
+    back = ep.beat(("192.0.2.1", 40001), None, T + 600)
+    assert back.came_up and not back.moved
+    with pytest.raises(ValueError):
+        DynamicEndpoint(silence=0)
+
+
+BANNED = {"socket", "asyncio", "time", "os", "random", "secrets", "selectors", "threading"}
+
+
+def test_package_is_sans_io() -> None:
+    files = sorted(Path(ayiya.__file__).parent.glob("*.py"))
+    assert len(files) >= 6
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in BANNED, f"{path.name} imports {name}"
+                assert not name.startswith(("tunnelbroker.store", "tunnelbroker.broker"))
+    for name in ayiya.__all__:
+        assert hasattr(ayiya, name)
