@@ -201,6 +201,29 @@ class TunnelServerSection(_Section):
     default_mtu: int = Field(1280, ge=1280, le=1480)
 
 
+class SixxsSection(_Section):
+    """SixXS compatibility: TIC (tunnel information), heartbeat and AYIYA (sixxs.md)."""
+
+    #: Addresses for the TIC (TCP) and heartbeat and AYIYA (UDP) listeners.
+    listen: list[str] = ["0.0.0.0", "::"]
+    #: TIC on TCP; AICCU has 3874 built in. 0 picks a free port (tests).
+    tic_enabled: bool = True
+    tic_port: int = Field(3874, ge=0, le=65535)
+    #: PEM certificate and key for TIC's STARTTLS; empty: STARTTLS is refused (400).
+    tls_certificate: str = ""
+    tls_key: str = ""
+    #: Heartbeats for 6in4-heartbeat tunnels on UDP; AICCU has 3740 built in.
+    heartbeat_enabled: bool = True
+    heartbeat_port: int = Field(3740, ge=0, le=65535)
+    #: The beat interval TIC tells clients (``Heartbeat_Interval``), seconds.
+    heartbeat_interval: int = Field(60, ge=10, le=3600)
+    #: A heartbeat tunnel without a valid beat this long is down (not forwarded) until the
+    #: next beat, seconds (sixxsd: 120).
+    down_after: int = Field(120, ge=20)
+    #: How far a client's clock may be from ours, seconds (AICCU and sixxsd: 120).
+    clock_window: int = Field(120, ge=10, le=3600)
+
+
 class WebSection(_Section):
     """The web portal, the REST API and ``/nic/update`` (HTTP; put TLS in front of it)."""
 
@@ -291,6 +314,7 @@ class Config(_Section):
     keepalive: KeepaliveSection = KeepaliveSection()
     limits: LimitsSection = LimitsSection()
     tunnelserver: TunnelServerSection = TunnelServerSection()
+    sixxs: SixxsSection = SixxsSection()
     web: WebSection = WebSection()
     dns: DnsSection = DnsSection()
     database: DatabaseSection = DatabaseSection()

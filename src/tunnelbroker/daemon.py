@@ -17,6 +17,7 @@ from tunnelbroker.broker.service import Broker, TunnelEvent
 from tunnelbroker.broker.users import UserService
 from tunnelbroker.config import Config
 from tunnelbroker.dnsnames.publisher import DnsPublisher
+from tunnelbroker.listeners.heartbeat import HeartbeatService, start_heartbeat
 from tunnelbroker.listeners.tsp import TspService, TspUdpProtocol, start_tsp
 from tunnelbroker.listeners.udp_endpoint import PktinfoEndpoint
 from tunnelbroker.metrics import Figures
@@ -24,6 +25,7 @@ from tunnelbroker.protocols.tsp.messages import TunnelType
 from tunnelbroker.protocols.tsp.server import ServerSettings, referral_addresses
 from tunnelbroker.store.database import Store
 from tunnelbroker.store.owner import owner_lock
+from tunnelbroker.store.records import TunnelRecord
 from tunnelbroker.tunnelserver.bridge import installable, state_from_record
 from tunnelbroker.tunnelserver.engine import Expired
 from tunnelbroker.tunnelserver.userspace import DataPlaneConfig, UserspaceDataPlane
@@ -71,6 +73,9 @@ class Daemon:
         self._owner = contextlib.ExitStack()
         self.web: WebServer | None = None
         self.dns: DnsPublisher | None = None
+        self.heartbeat: HeartbeatService | None = None
+        self.heartbeat_port = 0
+        self._heartbeat_udp: list[asyncio.DatagramTransport] = []
 
     async def startup(self) -> None:
         started = time.monotonic()
@@ -91,6 +96,8 @@ class Daemon:
         self.broker.load(tunnels, allocations, time.time(), highest)
         users = UserService(store, config.broker.realm)
         self.tsp = TspService(self.broker, users, server_settings(config))
+        if config.sixxs.heartbeat_enabled:
+            self.heartbeat = HeartbeatService(self.broker, config.sixxs, self._on_liveness)
         data_handler = None
         if config.tunnelserver.backend == "userspace":
             data_handler = self._start_dataplane()
@@ -104,6 +111,10 @@ class Daemon:
             )
             if self.dataplane is not None:
                 self.dataplane.set_udp_sender(self._send_v6udpv4)
+        if self.heartbeat is not None:
+            self._heartbeat_udp, self.heartbeat_port = await start_heartbeat(
+                self.heartbeat, config.sixxs.listen, config.sixxs.heartbeat_port
+            )
         if config.dns.enabled:
             self._start_dns()
         if config.web.enabled:
@@ -137,6 +148,8 @@ class Daemon:
             await self.dns.stop()
         for t in self._udp:
             t.close()
+        for h in self._heartbeat_udp:
+            h.close()
         for s in self._tcp:
             s.close()
         for s in self._tcp:
@@ -189,7 +202,7 @@ class Daemon:
         self.dataplane = dp
         wall, mono = time.time(), time.monotonic()
         for record in broker.tunnels.values():
-            if installable(record):
+            if self._carried(record):
                 dp.add_tunnel(state_from_record(record, wall, mono))
         broker.add_observer(self._on_tunnel_event)
         return dp.from_udp
@@ -198,10 +211,23 @@ class Daemon:
         dp = self.dataplane
         if dp is None or event.tunnel.id is None:
             return
-        if event.kind == "down" or not installable(event.tunnel):
+        if event.kind == "down" or not self._carried(event.tunnel):
             dp.remove_tunnel(event.tunnel.id)
         else:
             dp.add_tunnel(state_from_record(event.tunnel, time.time(), time.monotonic()))
+
+    def _carried(self, record: TunnelRecord) -> bool:
+        """Whether the data plane should carry this tunnel now: a heartbeat tunnel only while
+        its beats come."""
+        if not installable(record):
+            return False
+        if record.kind == "heartbeat" and self.heartbeat is not None and record.id is not None:
+            return self.heartbeat.alive(record.id)
+        return True
+
+    def _on_liveness(self, record: TunnelRecord, alive: bool) -> None:
+        """A heartbeat tunnel came back or fell silent."""
+        self._on_tunnel_event(TunnelEvent("updated" if alive else "down", record))
 
     def _start_dns(self) -> None:
         """Publish every live tunnel now, and every change from now on."""
@@ -299,9 +325,13 @@ class Daemon:
         assert self.broker is not None
         while True:
             nxt = self.broker.next_expiry()
-            delay = 60.0 if nxt is None else min(60.0, max(0.0, nxt - time.time()))
+            # Heartbeat tunnels are checked every few seconds; lifetimes when they are due.
+            horizon = 5.0 if self.heartbeat is not None else 60.0
+            delay = horizon if nxt is None else min(horizon, max(0.0, nxt - time.time()))
             await asyncio.sleep(delay)
             self.broker.expire(time.time())
+            if self.heartbeat is not None:
+                self.heartbeat.sweep()
 
 
 @contextlib.asynccontextmanager

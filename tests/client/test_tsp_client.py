@@ -37,6 +37,7 @@ def _config(tmp_path: Path, listen: list[str], port: int = 0, **sections: Any) -
             "data_dir": str(tmp_path),
             "tsp": {"listen": listen, "port": port},
             "tunnelserver": {"backend": "none"},
+            "sixxs": {"listen": ["127.0.0.1"], "heartbeat_port": 0, "tic_port": 0},
             "web": {"port": 0},
             **sections,
         },

@@ -107,6 +107,7 @@ async def test_the_daemon_publishes_what_users_do(bind: Bind, tmp_path: Path) ->
             "broker": {"client_domain": "users.example.net"},
             "tsp": {"listen": ["127.0.0.1"], "port": 0},
             "tunnelserver": {"backend": "none"},
+            "sixxs": {"listen": ["127.0.0.1"], "heartbeat_port": 0, "tic_port": 0},
             "web": {"enabled": False},
             "dns": config(bind).model_dump(),
             "limits": {"static_endpoint_networks": ["198.51.100.0/24"]},

@@ -41,6 +41,7 @@ def config(tmp: Path, **over: Any) -> Any:
         "data_dir": str(tmp),
         "tsp": {"listen": ["127.0.0.1", "::1"], "port": 0},
         "tunnelserver": {"backend": "none"},
+        "sixxs": {"listen": ["127.0.0.1"], "heartbeat_port": 0, "tic_port": 0},
         "web": {"port": 0},
     }
     for k, v in over.items():

@@ -24,6 +24,7 @@ def _config(tmp: Path, **web: Any) -> Any:
             "data_dir": str(tmp),
             "tsp": {"listen": ["127.0.0.1"], "port": 0},
             "tunnelserver": {"backend": "none"},
+            "sixxs": {"listen": ["127.0.0.1"], "heartbeat_port": 0, "tic_port": 0},
             "web": {"listen": ["127.0.0.1"], "port": 0, "secure_cookies": False, **web},
             "limits": {"static_endpoint_networks": ["198.51.100.0/24"]},
         },

@@ -31,6 +31,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
             "data_dir": str(tmp_path),
             "tsp": {"listen": ["127.0.0.1"], "port": 0},
             "tunnelserver": {"backend": "none"},
+            "sixxs": {"listen": ["127.0.0.1"], "heartbeat_port": 0, "tic_port": 0},
             "web": {"listen": ["127.0.0.1"], "port": 0, "signup": "open", "secure_cookies": False},
             "limits": {"static_endpoint_networks": ["198.51.100.0/24"]},
         },

@@ -433,9 +433,8 @@ class Broker:
             link_prefix="",
             delegated_prefix=None,
             dns_servers=[],
-            keepalive_interval=self.config.keepalive.default_interval
-            if req.kind != "static"
-            else 0,
+            # Heartbeat and AYIYA clients beat (and TIC tells them how often); static ones don't.
+            keepalive_interval=self.config.sixxs.heartbeat_interval if req.kind != "static" else 0,
             mtu=mtu,
             created_at=now,
             updated_at=now,
