@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Seconds between copies of the data plane's counters into the store.
+_TRAFFIC_SYNC = 60.0
+
 
 class DataPlaneError(RuntimeError):
     """The configured data plane cannot run here; the message says why and what to do."""
@@ -75,6 +78,7 @@ class Daemon:
         self.dns: DnsPublisher | None = None
         self.heartbeat: HeartbeatService | None = None
         self.heartbeat_port = 0
+        self._synced = time.monotonic()
         self._heartbeat_udp: list[asyncio.DatagramTransport] = []
 
     async def startup(self) -> None:
@@ -160,6 +164,7 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
         if self.dataplane is not None:
+            self._sync_traffic()
             await asyncio.to_thread(self.dataplane.stop)
             self.dataplane = None
         if self.persister is not None:
@@ -211,10 +216,36 @@ class Daemon:
         dp = self.dataplane
         if dp is None or event.tunnel.id is None:
             return
+        # Take the counters so far into the record first: a re-install starts from them.
+        self._sync_traffic([event.tunnel.id])
         if event.kind == "down" or not self._carried(event.tunnel):
             dp.remove_tunnel(event.tunnel.id)
         else:
             dp.add_tunnel(state_from_record(event.tunnel, time.time(), time.monotonic()))
+
+    def _sync_traffic(self, ids: list[int] | None = None) -> int:
+        """Copy the data plane's counters and last-seen times into the broker's records (and so
+        the store); ``ids`` None: every tunnel. Returns how many changed."""
+        dp, broker = self.dataplane, self.broker
+        if dp is None or broker is None:
+            return 0
+        wall, mono = time.time(), time.monotonic()
+        with dp._lock:
+            states = (
+                [s for s in (dp.core.get(i) for i in ids) if s is not None]
+                if ids is not None
+                else list(dp.core.tunnels())
+            )
+            rows = [
+                (s.tunnel_id, s.last_seen, (s.packets_in, s.packets_out), (s.bytes_in, s.bytes_out))
+                for s in states
+            ]
+        changed = 0
+        for tid, seen, packets, octets in rows:
+            # Only a packet from the client counts as seen (installing sets last_seen too).
+            heard = wall - (mono - seen) if packets[0] else None
+            changed += broker.record_traffic(tid, heard, packets, octets)
+        return changed
 
     def _carried(self, record: TunnelRecord) -> bool:
         """Whether the data plane should carry this tunnel now: a heartbeat tunnel only while
@@ -332,6 +363,9 @@ class Daemon:
             self.broker.expire(time.time())
             if self.heartbeat is not None:
                 self.heartbeat.sweep()
+            if time.monotonic() - self._synced >= _TRAFFIC_SYNC:
+                self._synced = time.monotonic()
+                self._sync_traffic()
 
 
 @contextlib.asynccontextmanager

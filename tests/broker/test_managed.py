@@ -204,3 +204,21 @@ def test_delete_gives_the_addresses_back_and_survives_restart(h: Harness, uid: i
     c = broker.create_tunnel(uid, ManagedRequest("static", client_ipv4=PUBLIC), NOW + 5)
     assert c.link_prefix != b.link_prefix and c.id != a.id
     assert c.link_prefix == a.link_prefix
+
+
+def test_traffic_is_recorded_and_carried_into_the_data_plane(h: Harness, uid: int) -> None:
+    t = h.broker.create_tunnel(uid, ManagedRequest("static", client_ipv4=PUBLIC), NOW)
+    assert h.broker.record_traffic(t.id or 0, NOW + 5, (10, 20), (1000, 2000))
+    assert not h.broker.record_traffic(t.id or 0, NOW + 5, (10, 20), (1000, 2000))
+    assert (t.last_seen, t.packets_in, t.bytes_out) == (NOW + 5, 10, 2000)
+    assert not h.broker.record_traffic(9999, None, (1, 1), (1, 1))
+    # A re-installed tunnel counts on from the recorded totals.
+    state = state_from_record(t, NOW, 50.0)
+    assert (state.packets_in, state.packets_out, state.bytes_in, state.bytes_out) == (
+        10,
+        20,
+        1000,
+        2000,
+    )
+    [stored] = [r for r in h.restart().tunnels.values() if r.id == t.id]
+    assert (stored.last_seen, stored.packets_out) == (NOW + 5, 20)

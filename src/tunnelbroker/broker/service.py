@@ -541,6 +541,25 @@ class Broker:
         self._notify("updated", t)
         return t
 
+    def record_traffic(
+        self,
+        tunnel_id: int,
+        last_seen: float | None,
+        packets: tuple[int, int],
+        octets: tuple[int, int],
+    ) -> bool:
+        """The data plane's counters for a live tunnel (totals, in and out) and when it last
+        heard from the client (wall clock); persisted when they changed. True if they did."""
+        t = self._tunnels.get(tunnel_id)
+        if t is None:
+            return False
+        new = (last_seen or t.last_seen, *packets, *octets)
+        if new == (t.last_seen, t.packets_in, t.packets_out, t.bytes_in, t.bytes_out):
+            return False
+        t.last_seen, t.packets_in, t.packets_out, t.bytes_in, t.bytes_out = new
+        self._persister.save_tunnel(t)
+        return True
+
     def record_error(self, tunnel_id: int, error: str | None, now: float) -> None:
         """Remember why a tunnel last failed (shown to its user)."""
         t = self._tunnels.get(tunnel_id)

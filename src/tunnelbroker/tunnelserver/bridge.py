@@ -63,4 +63,9 @@ def state_from_record(record: TunnelRecord, now_wall: float, now_mono: float) ->
         # for a static one) decides, so the data plane never expires it for idleness.
         keepalive_interval=0 if record.kind in _MANAGED else record.keepalive_interval,
         expires_at=now_mono + max(0.0, record.expires_at - now_wall),
+        # Counters go on from the recorded totals, across re-installs and restarts.
+        packets_in=record.packets_in,
+        packets_out=record.packets_out,
+        bytes_in=record.bytes_in,
+        bytes_out=record.bytes_out,
     )
