@@ -127,6 +127,7 @@ class Daemon:
 
             ctx = WebContext(config, self.broker, users, store, self._stats)
             ctx.figures = self.figures
+            ctx.tsp_port = self.tsp_port
             self.web = WebServer(ctx)
             await self.web.start()
         self._housekeeping = asyncio.create_task(self._expire_loop())

@@ -229,3 +229,14 @@ async def test_change_password_and_tokens(daemon: Daemon) -> None:
         assert m and m.group(1).startswith("tb_")
         r = await http.get("/api/v1/tunnels", headers={"Authorization": f"Bearer {m.group(1)}"})
         assert r.status_code == 200
+
+
+async def test_tsp_type_explains_the_client_setup(daemon: Daemon) -> None:
+    assert daemon.store is not None
+    UserService(daemon.store, "tunnelbroker").add("lee", PASSWORD)
+    async with await _client(daemon) as http:
+        await post(http, "/login", "/login", username="lee", password=PASSWORD)
+        r = await post(http, "/tunnels", "/tunnels", type="tsp", mtu="1280")
+        assert r.status_code == 200
+        assert "--user lee" in r.text and f"127.0.0.1:{daemon.tsp_port}" in r.text
+        assert "userid=lee" in r.text

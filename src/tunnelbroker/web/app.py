@@ -91,6 +91,8 @@ class WebContext:
     store: Store
     stats: StatsSource = lambda _tid: None
     configs: ConfigSource | None = None
+    #: The TSP port clients connect to (the configured one, or the one picked for 0).
+    tsp_port: int = 3653
     #: The daemon's figures for /metrics; None: no metrics.
     figures: Callable[[], Figures] | None = None
     auth: Authenticator = field(init=False)

@@ -307,7 +307,6 @@ def _router(ctx: WebContext) -> APIRouter:
             pop_name=ctx.pop_name,
             server_ipv4=ctx.config.broker.server_ipv4,
             caller=client_address(request),
-            tsp_host=request.url.hostname or "broker",
             form=extra.pop("form", {}),
             **extra,
         )
@@ -330,6 +329,11 @@ def _router(ctx: WebContext) -> APIRouter:
         if values["pop"]:
             return tunnels_page(request, user, 400, form=values, error="Unknown tunnel server.")
         kind = values["type"]
+        if kind == "tsp":
+            port = ctx.tsp_port
+            host = request.url.hostname or ctx.config.broker.server_ipv4
+            server = host if port == 3653 else f"{host}:{port}"
+            return page(request, "tsp.html", user, title="A TSP tunnel", tsp_server=server)
         endpoint = values["client_ipv4"] if kind == "static" else None
         if kind == "static" and endpoint and web.reachability_check:
             if not await _answers_ping(endpoint):
