@@ -18,9 +18,12 @@ from tunnelbroker.broker.users import UserService
 from tunnelbroker.config import Config
 from tunnelbroker.dnsnames.publisher import DnsPublisher
 from tunnelbroker.listeners.heartbeat import HeartbeatService, start_heartbeat
+from tunnelbroker.listeners.tic import TicService, bound_port, start_tic, tls_context
+from tunnelbroker.listeners.tic_backend import BrokerTicBackend
 from tunnelbroker.listeners.tsp import TspService, TspUdpProtocol, start_tsp
 from tunnelbroker.listeners.udp_endpoint import PktinfoEndpoint
 from tunnelbroker.metrics import Figures
+from tunnelbroker.protocols.tic import ServerSettings as TicServerSettings
 from tunnelbroker.protocols.tsp.messages import TunnelType
 from tunnelbroker.protocols.tsp.server import ServerSettings, referral_addresses
 from tunnelbroker.store.database import Store
@@ -78,6 +81,9 @@ class Daemon:
         self.dns: DnsPublisher | None = None
         self.heartbeat: HeartbeatService | None = None
         self.heartbeat_port = 0
+        self.tic: TicService | None = None
+        self.tic_port = 0
+        self._tic_servers: list[asyncio.Server] = []
         self._synced = time.monotonic()
         self._heartbeat_udp: list[asyncio.DatagramTransport] = []
 
@@ -115,6 +121,8 @@ class Daemon:
             )
             if self.dataplane is not None:
                 self.dataplane.set_udp_sender(self._send_v6udpv4)
+        if config.sixxs.tic_enabled:
+            await self._start_tic(users)
         if self.heartbeat is not None:
             self._heartbeat_udp, self.heartbeat_port = await start_heartbeat(
                 self.heartbeat, config.sixxs.listen, config.sixxs.heartbeat_port
@@ -155,6 +163,10 @@ class Daemon:
             t.close()
         for h in self._heartbeat_udp:
             h.close()
+        for srv in self._tic_servers:
+            srv.close()
+        if self.tic is not None:
+            self.tic.close_all()
         for s in self._tcp:
             s.close()
         for s in self._tcp:
@@ -247,6 +259,20 @@ class Daemon:
             heard = wall - (mono - seen) if packets[0] else None
             changed += broker.record_traffic(tid, heard, packets, octets)
         return changed
+
+    async def _start_tic(self, users: UserService) -> None:
+        """TIC on TCP (3874), with STARTTLS when a certificate is configured."""
+        assert self.broker is not None
+        sixxs = self.config.sixxs
+        tls = None
+        if sixxs.tls_certificate:
+            tls = tls_context(sixxs.tls_certificate, sixxs.tls_key or sixxs.tls_certificate)
+        settings = TicServerSettings(
+            host_name=self.config.broker.pop_name, tls_available=tls is not None
+        )
+        self.tic = TicService(BrokerTicBackend(self.broker, users, self.config), settings, tls)
+        self._tic_servers = await start_tic(self.tic, sixxs.listen, sixxs.tic_port)
+        self.tic_port = bound_port(self._tic_servers)
 
     def _carried(self, record: TunnelRecord) -> bool:
         """Whether the data plane should carry this tunnel now: a heartbeat tunnel only while
