@@ -31,7 +31,7 @@ KEEPALIVE = 2
 # Runs in inet6: accept one connection on [addr]:port, print the SHA-256 of what arrived.
 _SINK = """
 import hashlib, socket, sys
-s = socket.socket(socket.AF_INET6)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.listen(1)
@@ -60,6 +60,57 @@ class BrokerInLab:
     lab: Lab
     config: Path
     tmp: Path
+    proc: subprocess.Popen[Any] | None = None
+    starts: int = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.tmp / "broker.log"
+
+    def start(self) -> None:
+        """``tunnelbroker serve`` in the broker namespace; waits until it says it is ready."""
+        self.starts += 1
+        with self.log_path.open("a") as log:
+            self.proc = self.lab.popen(
+                "broker",
+                str(TUNNELBROKER),
+                "serve",
+                "--config",
+                str(self.config),
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 20
+        while self.log_path.read_text().count("ready in") < self.starts:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                pytest.fail("broker did not start:\n" + self.log_path.read_text())
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            assert self.proc.wait(timeout=20) == 0, self.log_path.read_text()[-3000:]
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One value from the broker's /metrics (on its loopback)."""
+        out = self.lab.run(
+            "broker",
+            sys.executable,
+            "-c",
+            "import urllib.request; print(urllib.request.urlopen("
+            "'http://127.0.0.1:8080/metrics', timeout=5).read().decode())",
+        ).stdout
+        want = name + (
+            "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
+        )
+        for line in out.splitlines():
+            if line.startswith(want + " "):
+                return float(line.split()[-1])
+        return 0.0
 
 
 @pytest.fixture
@@ -79,6 +130,8 @@ listen = ["{lab.addr.broker_v4}", "{lab.addr.broker_client_v6}"]
 backend = "userspace"
 [keepalive]
 min_interval = 1
+[web]
+listen = ["127.0.0.1"]
 [logging]
 level = "DEBUG"
 """
@@ -95,19 +148,12 @@ level = "DEBUG"
         input=PASSWORD + "\n",
         timeout=30,
     )
-    log_path = tmp_path / "broker.log"
-    log = log_path.open("w")
-    lab.popen("broker", str(TUNNELBROKER), "serve", "--config", str(config), stdout=log, stderr=log)
-    deadline = time.monotonic() + 20
-    while "ready in" not in log_path.read_text():
-        if time.monotonic() > deadline:
-            pytest.fail("broker did not start:\n" + log_path.read_text())
-        time.sleep(0.1)
+    b = BrokerInLab(lab, config, tmp_path)
+    b.start()
     try:
-        yield BrokerInLab(lab, config, tmp_path)
+        yield b
     finally:
-        log.close()
-        print("---- broker log (tail)\n" + log_path.read_text()[-4000:])
+        print("---- broker log (tail)\n" + b.log_path.read_text()[-4000:])
 
 
 @dataclass
@@ -132,7 +178,9 @@ class Client:
         return found
 
 
-def start_client(b: BrokerInLab, host: str, *args: str, account: bool = False) -> Client:
+def start_client(
+    b: BrokerInLab, host: str, *args: str, account: bool = False, server: str | None = None
+) -> Client:
     out, err = b.tmp / f"client-{host}.out", b.tmp / f"client-{host}.err"
     extra = ["--user", USER] if account else []
     with out.open("w") as stdout, err.open("w") as stderr:
@@ -140,7 +188,7 @@ def start_client(b: BrokerInLab, host: str, *args: str, account: bool = False) -
             host,
             str(TUNNELBROKER),
             "client",
-            b.lab.addr.broker_v4,
+            server or b.lab.addr.broker_v4,
             "--up",
             "--json",
             "-v",
@@ -174,10 +222,13 @@ def stop_client(c: Client, lab: Lab, host: str) -> None:
     assert "default" not in lab.run(host, "ip", "-6", "route").stdout
 
 
-def tcp_transfer(lab: Lab, host: str, port: int = 5001) -> None:
-    target = lab.addr.inet6_v6
-    sink = lab.popen(
-        "inet6",
+def tcp_transfer(
+    lab: Lab, host: str, port: int = 5001, target: str | None = None, sink: str = "inet6"
+) -> None:
+    """1 MiB from ``host`` to a sink at ``target`` (default: the IPv6 host), checksum compared."""
+    target = target or lab.addr.inet6_v6
+    proc = lab.popen(
+        sink,
         sys.executable,
         "-c",
         _SINK,
@@ -186,10 +237,10 @@ def tcp_transfer(lab: Lab, host: str, port: int = 5001) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert sink.stdout is not None
-    assert sink.stdout.readline().strip() == "listening"
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "listening"
     sent = lab.run(host, sys.executable, "-c", _SOURCE, target, str(port), timeout=60)
-    received, _ = sink.communicate(timeout=30)
+    received, _ = proc.communicate(timeout=30)
     assert received.strip() == sent.stdout.strip()
 
 
@@ -234,6 +285,7 @@ def test_v6v4_over_raw_protocol_41(broker: BrokerInLab) -> None:
     (n,) = c.wait_connections(1, 30)
     assert n["tunnel_type"] == "v6v4"
     assert ping_until(lab, "cpub", lab.addr.inet6_v6, 10), c.err.read_text()
+    tcp_transfer(lab, "cpub")
     # The keepalive is answered over 6in4 too: no misses while we pinged.
     assert "no reply" not in c.err.read_text()
     stop_client(c, lab, "cpub")
@@ -257,3 +309,136 @@ def test_router_mode_puts_the_prefix_on_the_lan(broker: BrokerInLab) -> None:
     stop_client(c, lab, "cpub")
     assert lan_address not in lab.run("cpub", "ip", "-6", "addr", "show", "lan0").stdout
     assert n["prefix"] not in lab.run("cpub", "ip", "-6", "route").stdout
+
+
+def test_v6anyv4_from_a_public_host_becomes_v6v4(broker: BrokerInLab) -> None:
+    lab = broker.lab
+    c = start_client(broker, "cpub", "--type", "v6anyv4", "--transport", "udp")
+    (n,) = c.wait_connections(1, 30)
+    assert n["tunnel_type"] == "v6v4"  # no NAT in the path: plain 6in4
+    assert ping_until(lab, "cpub", lab.addr.inet6_v6, 10), c.err.read_text()
+    tcp_transfer(lab, "cpub")
+    stop_client(c, lab, "cpub")
+
+
+def test_v4v6_carries_ipv4_through_ipv6(broker: BrokerInLab) -> None:
+    lab = broker.lab
+    # An IPv4 address only the broker has, reachable from the client only through the tunnel.
+    target = "192.0.2.100"
+    lab.run("broker", "ip", "addr", "add", f"{target}/32", "dev", "lo")
+    c = start_client(
+        broker,
+        "cpub",
+        "--type",
+        "v4v6",
+        "--transport",
+        "tcp",
+        server=f"[{lab.addr.broker_client_v6}]",
+    )
+    (n,) = c.wait_connections(1, 30)
+    assert n["tunnel_type"] == "v4v6" and ipaddress.IPv4Address(n["client_ipv4"])
+    routes = lab.run("cpub", "ip", "-4", "route").stdout
+    assert "0.0.0.0/1 dev tbc0" in routes and "128.0.0.0/1 dev tbc0" in routes
+    assert ping_until(lab, "cpub", target, 10), c.err.read_text()
+    tcp_transfer(lab, "cpub", target=target, sink="broker")
+    # The keepalive (ICMPv4 to the server's end of the /30) is answered.
+    time.sleep(3 * KEEPALIVE)
+    assert "no reply" not in c.err.read_text()
+    stop_client(c, lab, "cpub")
+    assert "tbc0" not in lab.run("cpub", "ip", "-4", "route").stdout
+
+
+def test_a_new_ipv4_address_reconnects_with_the_same_ipv6(broker: BrokerInLab) -> None:
+    lab = broker.lab
+    c = start_client(broker, "cpub", "--type", "v6udpv4", "--transport", "udp", account=True)
+    (first,) = c.wait_connections(1, 30)
+    assert ping_until(lab, "cpub", lab.addr.inet6_v6, 10), c.err.read_text()
+    lab.change_client_ipv4("cpub", "198.51.100.77")
+    second = c.wait_connections(2, 40)[1]
+    assert "source address changed" in c.err.read_text()
+    assert second["client_ipv6"] == first["client_ipv6"]
+    assert second["local_address"] == "198.51.100.77"
+    assert ping_until(lab, "cpub", lab.addr.inet6_v6, 10), c.err.read_text()
+    tcp_transfer(lab, "cpub")
+    stop_client(c, lab, "cpub")
+
+
+# Runs in a client namespace: send one UDP packet inside IPv6 inside IPv4 (protocol 41) to
+# the broker, claiming IPv6 source argv[2]; the kernel adds our own IPv4 header.
+_SPOOF = """
+import socket, sys
+from scapy.layers.inet6 import IPv6, UDP
+inner = bytes(IPv6(src=sys.argv[2], dst=sys.argv[3]) / UDP(sport=4000, dport=9999) / b"spoof")
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 41)
+s.sendto(inner, (sys.argv[1], 0))
+"""
+
+# Runs in inet6: count the UDP datagrams that reach port 9999 within argv[2] seconds.
+_COUNT = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 9999))
+s.settimeout(0.2)
+print("ready", flush=True)
+n, end = 0, time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        s.recv(100)
+        n += 1
+    except TimeoutError:
+        pass
+print(n, flush=True)
+"""
+
+
+def test_spoofed_outer_and_inner_sources_are_dropped(broker: BrokerInLab) -> None:
+    lab = broker.lab
+    c = start_client(broker, "cpub", "--type", "v6v4")
+    (n,) = c.wait_connections(1, 30)
+    assert ping_until(lab, "cpub", lab.addr.inet6_v6, 10), c.err.read_text()
+    counter = lab.popen(
+        "inet6",
+        sys.executable,
+        "-c",
+        _COUNT,
+        lab.addr.inet6_v6,
+        "6",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert counter.stdout is not None and counter.stdout.readline().strip() == "ready"
+    unknown = broker.metric("tunnelbroker_dataplane_drops_total", reason="unknown_endpoint")
+    spoofed = broker.metric("tunnelbroker_dataplane_drops_total", reason="spoofed_source")
+    broker_v4, inet6 = lab.addr.broker_v4, lab.addr.inet6_v6
+    # The right inner source from the wrong outer source (the NAT's public address).
+    lab.run("nat", sys.executable, "-c", _SPOOF, broker_v4, n["client_ipv6"], inet6)
+    # The right outer source with an inner source that is not the tunnel's.
+    lab.run("cpub", sys.executable, "-c", _SPOOF, broker_v4, "2001:db8:8000:ffff::99", inet6)
+    # A genuine one, to prove the path and the counter work.
+    lab.run("cpub", sys.executable, "-c", _SPOOF, broker_v4, n["client_ipv6"], inet6)
+    received, _ = counter.communicate(timeout=30)
+    assert received.strip() == "1"
+    assert (
+        broker.metric("tunnelbroker_dataplane_drops_total", reason="unknown_endpoint")
+        == unknown + 1
+    )
+    assert (
+        broker.metric("tunnelbroker_dataplane_drops_total", reason="spoofed_source") == spoofed + 1
+    )
+    stop_client(c, lab, "cpub")
+
+
+def test_broker_restart_restores_the_tunnels(broker: BrokerInLab) -> None:
+    lab = broker.lab
+    static = start_client(broker, "cpub", "--type", "v6v4", account=True)
+    (first,) = static.wait_connections(1, 30)
+    assert ping_until(lab, "cpub", lab.addr.inet6_v6, 10), static.err.read_text()
+    broker.restart()
+    ready = [line for line in broker.log_path.read_text().splitlines() if "ready in" in line]
+    assert len(ready) == 2 and "1 live tunnels" in ready[-1]
+    # The data plane was rebuilt from the store: 6in4 flows again at once, same addresses.
+    assert ping_until(lab, "cpub", lab.addr.inet6_v6, 10), static.err.read_text()
+    connections = static.connections()
+    assert all(x["client_ipv6"] == first["client_ipv6"] for x in connections)
+    tcp_transfer(lab, "cpub")
+    stop_client(static, lab, "cpub")

@@ -230,3 +230,29 @@ def test_no_keepalive_means_no_idle_expiry() -> None:
     c.add(t, 0.0)
     assert c.expire(9_999.0) == []
     assert c.expire(10_000.0) == [Expired(3, "lifetime expired")]
+
+
+def test_v4v6_keepalive_echo_is_answered_by_the_data_plane() -> None:
+    from tunnelbroker.protocols.tsp.keepalive import KeepaliveMachine
+
+    c = ForwardingCore()
+    t = TunnelState(
+        5,
+        Encap.V4V6,
+        "2001:db8:1::10",
+        None,
+        [ipaddress.IPv4Network("100.64.0.5/32")],
+        "100.64.0.6",
+    )
+    c.add(t, 0.0)
+    ka = KeepaliveMachine(10, a4("100.64.0.6"), a4("100.64.0.5"), 77)
+    ka.next_send(0.0, 0.0)
+    echo = ka.due(7.5)
+    assert echo is not None
+    [(where, reply, dest)] = c.from_4in6(echo, a6("2001:db8:1::10"), 7.5)
+    assert where is Out.IP4IN6 and dest == a6("2001:db8:1::10")
+    assert ka.receive(reply, 7.6) and ka.missed == 0 and ka.answered == 1
+    # Any other packet to the server's address is not forwarded either.
+    other = packet.build_ipv4(a4("100.64.0.5"), a4("100.64.0.6"), 17, b"\0" * 16)
+    assert c.from_4in6(other, a6("2001:db8:1::10"), 8.0) == []
+    assert c.drops[Drop.TO_SERVER] == 1

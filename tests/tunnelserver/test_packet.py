@@ -781,3 +781,32 @@ def test_packet_module_is_pure() -> None:
         "enum",
         "ipaddress",
     }
+
+
+def test_echo_reply4_matches_scapy() -> None:
+    req = bytes(IP(src="100.64.0.5", dst="100.64.0.6") / ICMP(type=8, id=7, seq=3) / b"hello")
+    rep = P.echo_reply4(req, bytes([100, 64, 0, 6]))
+    assert rep is not None
+    parsed = IP(rep)
+    assert (parsed.src, parsed.dst, parsed[ICMP].type, parsed[ICMP].id, parsed[ICMP].seq) == (
+        "100.64.0.6",
+        "100.64.0.5",
+        0,
+        7,
+        3,
+    )
+    again = IP(rep)
+    del again.chksum
+    del again[ICMP].chksum
+    assert bytes(IP(bytes(again))) == rep  # both checksums as scapy computes them
+    assert P.echo_reply4(req, bytes([100, 64, 0, 7])) is None  # not for us
+    bad = bytearray(req)
+    bad[-1] ^= 1
+    assert P.echo_reply4(bytes(bad)) is None  # ICMP checksum
+    frag = bytes(IP(src="100.64.0.5", dst="100.64.0.6", flags="MF") / ICMP() / b"x")
+    assert P.echo_reply4(frag) is None
+
+
+@given(st.binary(max_size=200))
+def test_echo_reply4_never_raises(data: bytes) -> None:
+    P.echo_reply4(data)

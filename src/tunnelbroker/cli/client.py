@@ -174,7 +174,8 @@ def _summary(n: Negotiated, up: bool = False) -> None:
 @click.option(
     "--up",
     is_flag=True,
-    help="Bring the tunnel up here (TUN, address, ::/0 route, keepalive) and keep it up, "
+    help="Bring the tunnel up here (TUN, address, ::/0 route, or all of IPv4 for v4v6, "
+    "keepalive) and keep it up, "
     "reconnecting as needed, until SIGINT/SIGTERM.",
 )
 @click.option(
@@ -236,8 +237,8 @@ def client(
         router = True
     if lan_interface is not None and not (up and router):
         raise click.UsageError("--lan-interface needs --up and router mode")
-    if up and tunnel_type.lower() == "v4v6":
-        raise click.UsageError("--up carries v6v4 and v6udpv4 tunnels only")
+    if up and router and tunnel_type.lower() == "v4v6":
+        raise click.UsageError("router mode is for IPv6 prefixes: not with --type v4v6")
     password = _password(username, password_stdin)
     if up:
         # In the foreground a running tunnel logs its steps; -v adds our details (not those

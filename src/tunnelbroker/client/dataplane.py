@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -75,6 +76,10 @@ SOURCE_CHANGED = "source address changed"
 TUN_MTU = 1280
 #: What we route into the tunnel.
 DEFAULT_ROUTE = "::/0"
+#: For v4v6 (IPv4 through IPv6): all of IPv4, as two halves. They win over the host's own
+#: IPv4 default route without removing it (that route comes back untouched at teardown), and
+#: the tunnel's own packets are IPv6, so they cannot loop into it.
+V4V6_ROUTES = ("0.0.0.0/1", "128.0.0.0/1")
 #: Longest wait between reconnection attempts, seconds.
 BACKOFF_CAP = 60.0
 #: A tunnel that stayed up this long (s) counts as a success: the backoff starts over.
@@ -96,6 +101,7 @@ PERMANENT_REFUSALS = frozenset(
 )
 
 _IPPROTO_IPV6 = 41
+_IPPROTO_IPIP = 4
 _RTN_UNREACHABLE = 7
 _BATCH = 64
 _READ_SIZE = 65535
@@ -182,6 +188,23 @@ def _raw_41(local: str, fallback: str) -> socket.socket:
     return s
 
 
+def _raw_4in6(local: str, fallback: str) -> socket.socket:
+    """A raw IPv6 socket for next header 4 (IPv4 in IPv6, RFC 2473), bound to our endpoint."""
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, _IPPROTO_IPIP)
+    try:
+        try:
+            s.bind((local, 0))
+        except OSError as e:
+            if e.errno != errno.EADDRNOTAVAIL or fallback == local:
+                raise
+            s.bind((fallback, 0))
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 def _setup_lan(n: Negotiated, lan_interface: str, stack: contextlib.ExitStack) -> None:
     assert n.prefix is not None and n.prefix_length is not None
     iface = _lan_address(n.prefix, n.prefix_length)
@@ -239,12 +262,12 @@ async def run_tunnel(
         :data:`SOURCE_CHANGED` (the kernel would now use another IPv4 source address).
 
     Raises:
-        ValueError: a tunnel type this data plane cannot carry (v4v6), or v6udpv4 without
-            its UDP flow.
+        ValueError: a tunnel type this data plane cannot carry, or v6udpv4 without its UDP
+            flow.
         OSError: the TUN, a socket or the LAN interface could not be set up.
     """
-    if n.tunnel_type not in ("v6udpv4", "v6v4"):
-        raise ValueError(f"cannot bring up a {n.tunnel_type} tunnel (v6udpv4 and v6v4 only)")
+    if n.tunnel_type not in ("v6udpv4", "v6v4", "v4v6"):
+        raise ValueError(f"cannot bring up a {n.tunnel_type} tunnel")
     if n.tunnel_type == "v6udpv4" and not isinstance(n.flow, UdpFlow):
         raise ValueError("a v6udpv4 tunnel needs its signalling UDP flow")
     loop = asyncio.get_running_loop()
@@ -256,12 +279,17 @@ async def run_tunnel(
         if not ended.done():
             ended.set_result(reason)
 
+    # v4v6 carries IPv4 inside IPv6: the inner family and addresses are the IPv4 ones.
+    v4v6 = n.tunnel_type == "v4v6"
+    inner_version = 4 if v4v6 else 6
+    inner_address = n.client_ipv4 if v4v6 else n.client_ipv6
+    routes = V4V6_ROUTES if v4v6 else (DEFAULT_ROUTE,)
     ka: KeepaliveMachine | None = None
     if n.keepalive_interval and n.keepalive_address:
         ka = KeepaliveMachine(
             n.keepalive_interval,
-            ipaddress.IPv6Address(n.keepalive_address).packed,
-            ipaddress.IPv6Address(n.client_ipv6).packed,
+            ipaddress.ip_address(n.keepalive_address).packed,
+            ipaddress.ip_address(inner_address).packed,
             os.getpid() & 0xFFFF,
             timeout=min(_KEEPALIVE_TIMEOUT, float(n.keepalive_interval)),
         )
@@ -271,18 +299,25 @@ async def run_tunnel(
         try:
             tun = TunDevice.open(tun_name)
             stack.callback(tun.close)
-            tun.configure(TUN_MTU, [f"{n.client_ipv6}/128"], up=True)
-            tun.add_route(DEFAULT_ROUTE)
-            stack.callback(
-                _quietly, f"removing route {DEFAULT_ROUTE}", lambda: tun.del_route(DEFAULT_ROUTE)
-            )
+            host_length = 32 if v4v6 else 128
+            tun.configure(TUN_MTU, [f"{inner_address}/{host_length}"], up=True)
+            for route in routes:
+                tun.add_route(route)
+                stack.callback(
+                    _quietly, f"removing route {route}", functools.partial(tun.del_route, route)
+                )
             log.info(
-                "%s up: %s/128, route %s, MTU %d", tun.name, n.client_ipv6, DEFAULT_ROUTE, TUN_MTU
+                "%s up: %s/%d, routes %s, MTU %d",
+                tun.name,
+                inner_address,
+                host_length,
+                " ".join(routes),
+                TUN_MTU,
             )
 
             def from_tunnel(pkt: bytes) -> None:
                 nonlocal dropped
-                if not pkt or pkt[0] >> 4 != 6:
+                if not pkt or pkt[0] >> 4 != inner_version:
                     dropped += 1
                     return
                 if ka is not None and ka.receive(pkt, loop.time()):
@@ -317,6 +352,38 @@ async def run_tunnel(
                         from_tunnel(pkt)
 
                 tasks.append(asyncio.create_task(read_flow()))
+            elif v4v6:
+                raw6 = _raw_4in6(n.client_ipv6, n.local_address)
+                stack.callback(raw6.close)
+                server6 = ipaddress.IPv6Address(n.server_ipv6)
+                target = (str(server6), 0)
+
+                def send(pkt: bytes) -> None:
+                    try:
+                        raw6.sendto(pkt, target)
+                    except OSError:
+                        pass  # as for 6in4: a router drops, so do we
+
+                def on_raw6() -> None:
+                    nonlocal dropped
+                    for _ in range(_BATCH):
+                        try:
+                            inner, source = raw6.recvfrom(_READ_SIZE)
+                        except BlockingIOError:
+                            return
+                        except OSError as e:
+                            log.debug("raw socket: %s", e)
+                            return
+                        # A raw IPv6 socket hands over the payload; the outer source comes
+                        # with it. Only our server's packets enter (the ingress check).
+                        if ipaddress.IPv6Address(source[0].split("%")[0]) != server6:
+                            dropped += 1
+                        else:
+                            from_tunnel(inner)
+
+                loop.add_reader(raw6.fileno(), on_raw6)
+                stack.callback(loop.remove_reader, raw6.fileno())
+                log.info("4in6 to %s from %s", n.server_ipv6, raw6.getsockname()[0])
             else:
                 raw = _raw_41(n.client_ipv4, n.local_address)
                 stack.callback(raw.close)
@@ -352,7 +419,7 @@ async def run_tunnel(
             def on_tun() -> None:
                 nonlocal dropped
                 for pkt in tun.read_batch(_BATCH):
-                    if pkt and pkt[0] >> 4 == 6:
+                    if pkt and pkt[0] >> 4 == inner_version:
                         send(pkt)
                     else:
                         dropped += 1

@@ -232,6 +232,13 @@ class ForwardingCore:
         t.last_seen = now
         t.packets_in += 1
         t.bytes_in += len(pkt)
+        if pkt[16:20] == t._server_inner:
+            # The keepalive: an ICMPv4 echo to the server's end of the /30.
+            reply = packet.echo_reply4(pkt)
+            if reply is None:
+                self.drops[Drop.TO_SERVER] += 1
+                return []
+            return self._to_client(t, reply)
         return [(Out.TUN, pkt, None)]
 
     def _from_client6(self, t: TunnelState, pkt: bytes, now: float) -> list[Output]:

@@ -729,6 +729,38 @@ def echo_reply(pkt: bytes, our_addresses: Container[bytes] | None = None) -> byt
     return _ECHO_REPLY_HEAD.pack(pkt[:7], DEFAULT_HOP_LIMIT, dst, src, 129, 0, cksum) + pkt[44:]
 
 
+def echo_reply4(pkt: bytes, our_address: bytes | None = None) -> bytes | None:
+    """The ICMPv4 Echo Reply (RFC 792) to ``pkt`` if it is an Echo Request for us, else None.
+
+    ``pkt`` must be a whole IPv4 packet (Total Length matching, not a fragment), protocol 1,
+    type 8 code 0 with a correct ICMP checksum, from a unicast source, to ``our_address`` when
+    that is given. The reply swaps the addresses, has type 0 and TTL 64 and returns the
+    identifier, sequence number and data unchanged. Never raises for any input bytes.
+    """
+    n = len(pkt)
+    if n < 28 or pkt[0] >> 4 != 4 or pkt[9] != 1:
+        return None
+    ihl = (pkt[0] & 0x0F) * 4
+    if ihl < 20 or n < ihl + 8 or (pkt[2] << 8 | pkt[3]) != n:
+        return None
+    if (pkt[6] & 0x3F) or pkt[7]:  # a fragment (MF set or an offset): not ours to answer
+        return None
+    if pkt[ihl] != 8 or pkt[ihl + 1] != 0:
+        return None
+    src, dst = pkt[12:16], pkt[16:20]
+    if our_address is not None and dst != our_address:
+        return None
+    if src[0] >= 224 or dst[0] >= 224 or src == b"\0\0\0\0" or src == b"\xff\xff\xff\xff":
+        return None
+    message = pkt[ihl:]
+    if internet_checksum(message) != 0:
+        return None
+    reply = b"\0\0\0\0" + message[4:]
+    cksum = internet_checksum(reply)
+    reply = b"\0\0" + cksum.to_bytes(2, "big") + message[4:]
+    return build_ipv4(dst, src, 1, reply)
+
+
 def icmpv6_error_forbidden(pkt: bytes, *, multicast_exempt: bool = False) -> bool:
     """Whether RFC 4443 §2.4(e) forbids an ICMPv6 error about ``pkt``.
 

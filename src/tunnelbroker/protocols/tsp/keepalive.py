@@ -34,13 +34,22 @@ from __future__ import annotations
 
 import struct
 
-from tunnelbroker.tunnelserver.packet import build_ipv6, icmpv6_checksum
+from tunnelbroker.tunnelserver.packet import (
+    build_ipv4,
+    build_ipv6,
+    icmpv6_checksum,
+    internet_checksum,
+)
 
 __all__ = ["KeepaliveMachine"]
 
 _ECHO_REQUEST = 128
 _ECHO_REPLY = 129
 _NEXT_HEADER_ICMPV6 = 58
+# ICMPv4 (RFC 792), for v4v6 tunnels whose keepalive address is IPv4.
+_ECHO_REQUEST4 = 8
+_ECHO_REPLY4 = 0
+_PROTOCOL_ICMP = 1
 # Type, code, checksum, identifier, sequence number (RFC 4443 §4.1).
 _ECHO = struct.Struct("!BBHHH")
 #: Payload of our echoes, so they are recognisable in a capture.
@@ -52,8 +61,9 @@ class KeepaliveMachine:
 
     Args:
         interval: T, the broker's keepalive interval in seconds (> 0).
-        address: the keepalive address (16 bytes), the echoes' destination.
-        source: our tunnel address (16 bytes), their source.
+        address: the keepalive address, the echoes' destination: 16 bytes (ICMPv6 echoes)
+            or 4 bytes (ICMPv4 echoes, for a v4v6 tunnel).
+        source: our tunnel address, their source, of the same family.
         ident: the ICMPv6 echo identifier (0..65535; gogoc uses its pid).
         timeout: seconds each echo waits for its reply before it counts as missed.
         max_missed: consecutive misses after which the tunnel is dead.
@@ -71,8 +81,8 @@ class KeepaliveMachine:
         timeout: float = 5.0,
         max_missed: int = 3,
     ) -> None:
-        if len(address) != 16 or len(source) != 16:
-            raise ValueError("keepalive addresses are 16 bytes")
+        if len(address) not in (4, 16) or len(source) != len(address):
+            raise ValueError("keepalive addresses are both 16 bytes (IPv6) or both 4 (IPv4)")
         if interval <= 0 or timeout <= 0 or max_missed < 1:
             raise ValueError("interval and timeout must be positive, max_missed at least 1")
         if not 0 <= ident <= 0xFFFF:
@@ -110,13 +120,20 @@ class KeepaliveMachine:
         self._send_at = None
         self._seq = (self._seq + 1) & 0xFFFF
         seq = self._seq
-        body = _ECHO.pack(_ECHO_REQUEST, 0, 0, self.ident, seq) + _PAYLOAD
-        cksum = icmpv6_checksum(self.source, self.address, body)
+        v4 = len(self.address) == 4
+        body = _ECHO.pack(_ECHO_REQUEST4 if v4 else _ECHO_REQUEST, 0, 0, self.ident, seq)
+        body += _PAYLOAD
+        if v4:
+            cksum = internet_checksum(body)
+        else:
+            cksum = icmpv6_checksum(self.source, self.address, body)
         body = body[:2] + cksum.to_bytes(2, "big") + body[4:]
         # A wrapped sequence number may still wait from long ago: the new echo replaces it.
         self._waiting.pop(seq, None)
         self._waiting[seq] = (now, now + self.timeout)
         self.sent += 1
+        if v4:
+            return build_ipv4(self.source, self.address, _PROTOCOL_ICMP, body)
         return build_ipv6(self.source, self.address, _NEXT_HEADER_ICMPV6, body)
 
     def get_timer(self) -> float | None:
@@ -148,6 +165,8 @@ class KeepaliveMachine:
         sequence number of an echo still waiting. Then the miss count is cleared and True
         returned: the packet is ours and need not reach the host's stack. Never raises.
         """
+        if len(self.address) == 4:
+            return self._receive4(pkt, now)
         if (
             len(pkt) < 48
             or pkt[0] >> 4 != 6
@@ -165,6 +184,32 @@ class KeepaliveMachine:
         # Verified over the message with its checksum in place: a correct one sums to 0.
         if icmpv6_checksum(self.source, self.address, pkt[40:]) != 0:
             return False
+        return self._answered(seq, now)
+
+    def _receive4(self, pkt: bytes, now: float) -> bool:
+        """:meth:`receive` for ICMPv4: an Echo Reply from the keepalive address to us."""
+        n = len(pkt)
+        if n < 28 or pkt[0] >> 4 != 4 or pkt[9] != _PROTOCOL_ICMP:
+            return False
+        ihl = (pkt[0] & 0x0F) * 4
+        if (
+            ihl < 20
+            or n < ihl + 8
+            or (pkt[2] << 8 | pkt[3]) != n
+            or pkt[12:16] != self.address
+            or pkt[16:20] != self.source
+            or pkt[ihl] != _ECHO_REPLY4
+            or pkt[ihl + 1] != 0
+        ):
+            return False
+        _, _, _, ident, seq = _ECHO.unpack_from(pkt, ihl)
+        if ident != self.ident or seq not in self._waiting:
+            return False
+        if internet_checksum(pkt[ihl:]) != 0:
+            return False
+        return self._answered(seq, now)
+
+    def _answered(self, seq: int, now: float) -> bool:
         sent_at, _ = self._waiting[seq]
         # Echoes sent before this one are answered by implication (dicts keep insertion order).
         for s in list(self._waiting):
