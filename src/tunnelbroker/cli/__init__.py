@@ -15,12 +15,13 @@ def cli() -> None:
 
 def _register() -> None:
     # Subcommands live in their own modules, one per concern.
-    from tunnelbroker.cli import client, serve, tunnel, user
+    from tunnelbroker.cli import client, demo, serve, tunnel, user
 
     cli.add_command(serve.serve)
     cli.add_command(user.user)
     cli.add_command(tunnel.tunnel)
     cli.add_command(client.client)
+    cli.add_command(demo.demo)
 
 
 def main() -> None:
