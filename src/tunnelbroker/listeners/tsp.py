@@ -590,7 +590,9 @@ async def _start_tsp_once(
                 set_receive_buffer(usock, receive_buffer)
                 port = usock.getsockname()[1]
                 protocol = TspUdpProtocol(service, ipv6, data_handler)
-                endpoint = PktinfoEndpoint(usock, protocol)
+                # With a tunnel server, v6udpv4 data is read off the event loop (see
+                # PktinfoEndpoint); the protocol then only ever sees signalling.
+                endpoint = PktinfoEndpoint(usock, protocol, data_sink=data_handler)
             except BaseException:
                 usock.close()
                 raise

@@ -5,14 +5,23 @@ which on a host with several addresses may not be the address the client targete
 connected UDP socket then drops the reply (tsp.md §2.3). With IP_PKTINFO / IPV6_RECVPKTINFO the
 destination of each datagram is known and the reply is sent from it. It also drains up to
 ``_BATCH`` datagrams per wake-up, which asyncio's own datagram transport does one at a time.
+
+With a ``data_sink`` (the tunnel server, for v6udpv4) the socket is read by a thread of its
+own instead of the event loop: datagrams whose first nibble is 6 (tunnelled IPv6) go straight
+to the sink from that thread, and only signalling is handed to the loop. Forwarding then never
+waits for a busy loop (TSP sign-ups, the web, the database).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import select
 import socket
 import struct
+import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -36,7 +45,12 @@ class DatagramReceiver(Protocol):
 class PktinfoEndpoint:
     """Reads datagrams with their destination address; sends from a chosen source."""
 
-    def __init__(self, sock: socket.socket, receiver: DatagramReceiver) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        receiver: DatagramReceiver,
+        data_sink: Callable[[bytes, tuple[str, int]], None] | None = None,
+    ) -> None:
         self._sock = sock
         self._receiver = receiver
         self._family = sock.family
@@ -46,8 +60,17 @@ class PktinfoEndpoint:
         else:
             sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(sock.fileno(), self._readable)
         self.send_errors = 0
+        self._sink = data_sink
+        self._thread: threading.Thread | None = None
+        if data_sink is None:
+            self._loop.add_reader(sock.fileno(), self._readable)
+        else:
+            self._wake_r, self._wake_w = os.pipe()
+            self._thread = threading.Thread(
+                target=self._read_thread, name=f"udp-{sock.getsockname()[1]}", daemon=True
+            )
+            self._thread.start()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "sockname":
@@ -66,7 +89,13 @@ class PktinfoEndpoint:
         if self._closed:
             return
         self._closed = True
-        self._loop.remove_reader(self._sock.fileno())
+        if self._thread is None:
+            self._loop.remove_reader(self._sock.fileno())
+        else:
+            os.write(self._wake_w, b"x")
+            self._thread.join(5)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
         self._sock.close()
         lost = getattr(self._receiver, "connection_lost", None)
         if lost is not None:
@@ -95,21 +124,69 @@ class PktinfoEndpoint:
 
     def _readable(self) -> None:
         for _ in range(_BATCH):
-            try:
-                data, ancdata, _flags, addr = self._sock.recvmsg(65535, _ANC)
-            except (BlockingIOError, InterruptedError):
+            got = self._receive()
+            if got is None:
                 return
-            except OSError as e:
-                # ICMP errors surface here (port unreachable from an earlier send): not fatal.
-                log.debug("udp receive: %s", e)
-                continue
-            local = None
-            for level, kind, value in ancdata:
-                if level == socket.IPPROTO_IP and kind == _IP_PKTINFO:
-                    local = socket.inet_ntoa(_IN_PKTINFO.unpack(value[: _IN_PKTINFO.size])[2])
-                elif level == socket.IPPROTO_IPV6 and kind == _IPV6_PKTINFO:
-                    raw = _IN6_PKTINFO.unpack(value[: _IN6_PKTINFO.size])[0]
-                    local = socket.inet_ntop(socket.AF_INET6, raw)
-            self._receiver.datagram_received_on(data, (addr[0], addr[1]), local)
+            if not isinstance(got, tuple):
+                continue  # an error, not the end
+            data, addr, local = got
+            self._receiver.datagram_received_on(data, addr, local)
             if self._closed:
                 return
+
+    def _receive(self) -> tuple[bytes, tuple[str, int], str | None] | bool | None:
+        """One datagram with its destination; None when drained, False after an error."""
+        try:
+            data, ancdata, _flags, addr = self._sock.recvmsg(65535, _ANC)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as e:
+            # ICMP errors surface here (port unreachable from an earlier send): not fatal.
+            log.debug("udp receive: %s", e)
+            return False
+        local = None
+        for level, kind, value in ancdata:
+            if level == socket.IPPROTO_IP and kind == _IP_PKTINFO:
+                local = socket.inet_ntoa(_IN_PKTINFO.unpack(value[: _IN_PKTINFO.size])[2])
+            elif level == socket.IPPROTO_IPV6 and kind == _IPV6_PKTINFO:
+                raw = _IN6_PKTINFO.unpack(value[: _IN6_PKTINFO.size])[0]
+                local = socket.inet_ntop(socket.AF_INET6, raw)
+        return data, (addr[0], addr[1]), local
+
+    def _read_thread(self) -> None:
+        """Tunnelled IPv6 to the sink from here; signalling to the loop, a batch at a time."""
+        sink = self._sink
+        assert sink is not None
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._closed:
+            ready = {fd for fd, _ in poller.poll(1000)}
+            if self._wake_r in ready:
+                return
+            signalling: list[tuple[bytes, tuple[str, int], str | None]] = []
+            for _ in range(_BATCH):
+                got = self._receive()
+                if got is None:
+                    break
+                if not isinstance(got, tuple):
+                    continue
+                data = got[0]
+                if data and data[0] >> 4 == 6:
+                    try:
+                        sink(data, got[1])
+                    except Exception:
+                        log.exception("v6udpv4 data handler failed")
+                else:
+                    signalling.append(got)
+            if signalling and not self._closed:
+                try:
+                    self._loop.call_soon_threadsafe(self._deliver, signalling)
+                except RuntimeError:
+                    return  # the loop is closed: we are shutting down
+
+    def _deliver(self, batch: list[tuple[bytes, tuple[str, int], str | None]]) -> None:
+        for data, addr, local in batch:
+            if self._closed:
+                return
+            self._receiver.datagram_received_on(data, addr, local)
