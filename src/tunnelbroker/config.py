@@ -215,6 +215,10 @@ class SixxsSection(_Section):
     #: Heartbeats for 6in4-heartbeat tunnels on UDP; AICCU has 3740 built in.
     heartbeat_enabled: bool = True
     heartbeat_port: int = Field(3740, ge=0, le=65535)
+    #: AYIYA on UDP (AICCU has 5072 built in), on ``broker.server_ipv4``; needs the userspace
+    #: data plane.
+    ayiya_enabled: bool = True
+    ayiya_port: int = Field(5072, ge=0, le=65535)
     #: The beat interval TIC tells clients (``Heartbeat_Interval``), seconds.
     heartbeat_interval: int = Field(60, ge=10, le=3600)
     #: A heartbeat tunnel without a valid beat this long is down (not forwarded) until the

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tunnelbroker.broker.model import BrokerError
 from tunnelbroker.broker.persistence import Persister
 from tunnelbroker.broker.service import Broker, TunnelEvent
 from tunnelbroker.broker.users import UserService
@@ -198,6 +199,9 @@ class Daemon:
         def expired(items: list[Expired]) -> None:
             loop.call_soon_threadsafe(self._on_expired, items)
 
+        def learned(items: list[tuple[int, str, int]]) -> None:
+            loop.call_soon_threadsafe(self._on_learned, items)
+
         dp = UserspaceDataPlane(
             DataPlaneConfig(
                 tun_name=config.tunnelserver.tun_name,
@@ -205,8 +209,10 @@ class Daemon:
                 server_ipv4=config.broker.server_ipv4,
                 server_ipv6=config.broker.server_ipv6,
                 routes=(pools.link_prefix, pools.delegated_prefix, pools.ipv4_prefix),
+                ayiya_port=config.sixxs.ayiya_port if config.sixxs.ayiya_enabled else None,
             ),
             on_expired=expired,
+            on_learned=learned,
         )
         try:
             dp.start()
@@ -221,7 +227,7 @@ class Daemon:
         wall, mono = time.time(), time.monotonic()
         for record in broker.tunnels.values():
             if self._carried(record):
-                dp.add_tunnel(state_from_record(record, wall, mono))
+                dp.add_tunnel(state_from_record(record, wall, mono, self.config.sixxs.clock_window))
         broker.add_observer(self._on_tunnel_event)
         return dp.from_udp
 
@@ -234,7 +240,11 @@ class Daemon:
         if event.kind == "down" or not self._carried(event.tunnel):
             dp.remove_tunnel(event.tunnel.id)
         else:
-            dp.add_tunnel(state_from_record(event.tunnel, time.time(), time.monotonic()))
+            dp.add_tunnel(
+                state_from_record(
+                    event.tunnel, time.time(), time.monotonic(), self.config.sixxs.clock_window
+                )
+            )
 
     def _sync_traffic(self, ids: list[int] | None = None) -> int:
         """Copy the data plane's counters and last-seen times into the broker's records (and so
@@ -361,6 +371,18 @@ class Daemon:
             bytes_in=counters[2],
             bytes_out=counters[3],
         )
+
+    def _on_learned(self, items: list[tuple[int, str, int]]) -> None:
+        """AYIYA clients seen at new addresses: record them (the data plane already moved)."""
+        assert self.broker is not None
+        now = time.time()
+        for tunnel_id, address, port in items:
+            try:
+                self.broker.update_endpoint(tunnel_id, address, port, now, learnt=True)
+            except BrokerError as e:
+                log.warning(
+                    "tunnel %s: learnt endpoint %s:%s refused: %s", tunnel_id, address, port, e
+                )
 
     def _on_expired(self, items: list[Expired]) -> None:
         assert self.broker is not None

@@ -59,7 +59,7 @@ def test_several_tunnels_per_account_each_with_distinct_addresses(h: Harness, ui
     assert ipaddress.IPv6Network(a.delegated_prefix or "").prefixlen == 48
     assert b.routed_prefix is None and a.link_prefix != b.link_prefix
     assert a.client_ipv4 is None and not installable(a)  # no heartbeat yet
-    assert b.type == Encapsulation.AYIYA and not installable(b)
+    assert b.type == Encapsulation.AYIYA and installable(b)  # found by identity, not address
     assert [t.id for t in h.broker.user_tunnels(uid)] == [a.id, b.id]
     # The account's TSP tunnel is still its own, with its own addresses.
     tsp = h.broker.request(TunnelRequest(Encapsulation.V6UDPV4), who(user=uid), NOW)[1]

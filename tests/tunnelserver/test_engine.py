@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from ipaddress import IPv6Address
 
 import pytest
 
+from tunnelbroker.protocols.ayiya import AyiyaDrop, AyiyaLink, Role
 from tunnelbroker.tunnelserver import packet
 from tunnelbroker.tunnelserver.engine import (
     Drop,
@@ -256,3 +258,88 @@ def test_v4v6_keepalive_echo_is_answered_by_the_data_plane() -> None:
     other = packet.build_ipv4(a4("100.64.0.5"), a4("100.64.0.6"), 17, b"\0" * 16)
     assert c.from_4in6(other, a6("2001:db8:1::10"), 8.0) == []
     assert c.drops[Drop.TO_SERVER] == 1
+
+
+def _ayiya_pair(secret: str = "tunnel secret") -> tuple[TunnelState, AyiyaLink]:
+    client, server = IPv6Address("2001:db8:8000:7::2"), IPv6Address("2001:db8:8000:7::1")
+    state = TunnelState(
+        7,
+        Encap.AYIYA,
+        "",
+        None,
+        [ipaddress.IPv6Network(f"{client}/128")],
+        str(server),
+        keepalive_interval=0,
+        ayiya=AyiyaLink(secret, role=Role.SERVER, local=server, remote=client),
+    )
+    return state, AyiyaLink(secret, role=Role.CLIENT, local=client, remote=server)
+
+
+def test_ayiya_learns_the_endpoint_forwards_and_signs() -> None:
+    c = ForwardingCore()
+    c.wall_offset = 1_800_000_000.0  # "now" 0 is this epoch second
+    state, client = _ayiya_pair()
+    c.add(state, 0.0)
+    out6 = udp6(INTERNET, "2001:db8:8000:7::2")
+    assert c.from_tun(out6, 0.5) == [] and c.drops[Drop.NO_ENDPOINT] == 1  # not seen yet
+    inner = udp6("2001:db8:8000:7::2", INTERNET)
+    datagram = client.forward(inner, 1_800_000_001.0)
+    assert c.from_ayiya(datagram, ("203.0.113.5", 40000), 1.0) == [(Out.TUN, inner, None)]
+    assert c.learned == [(7, "203.0.113.5", 40000)] and state.remote == "203.0.113.5"
+    # The same datagram again, from anywhere, is a replay: dropped, the endpoint stays.
+    assert c.from_ayiya(datagram, ("198.51.100.66", 1), 1.1) == []
+    assert c.ayiya_drops[AyiyaDrop.REPLAYED] == 1 and state.remote == "203.0.113.5"
+    # Towards the client: a Forward the client accepts, to the learnt endpoint.
+    [(where, signed, dest)] = c.from_tun(out6, 2.0)
+    assert where is Out.AYIYA and dest == ("203.0.113.5", 40000)
+    got = client.receive(signed, 1_800_000_002.0)
+    assert not isinstance(got, AyiyaDrop) and got.payload == out6
+    # A NOOP keeps it alive and follows a NAT's new port, forwarding nothing.
+    assert c.from_ayiya(client.noop(1_800_000_003.0), ("203.0.113.5", 40001), 3.0) == []
+    assert state.port == 40001 and c.learned[-1] == (7, "203.0.113.5", 40001)
+
+
+def test_ayiya_drops_are_counted_by_reason() -> None:
+    c = ForwardingCore()
+    c.wall_offset = 1_800_000_000.0
+    state, client = _ayiya_pair()
+    c.add(state, 0.0)
+    inner = udp6("2001:db8:8000:7::2", INTERNET)
+    _, stranger = _ayiya_pair("another secret")
+    cases = [
+        (stranger.forward(inner, 1_800_000_001.0), AyiyaDrop.BAD_SIGNATURE),
+        (client.forward(inner, 1_800_000_001.0 - 500), AyiyaDrop.CLOCK_SKEW),
+        (client.forward(inner, 1_800_000_001.0)[:30], AyiyaDrop.TRUNCATED),
+    ]
+    for datagram, reason in cases:
+        assert c.from_ayiya(datagram, ("203.0.113.5", 40000), 1.0) == []
+        assert c.ayiya_drops[reason] == 1, reason
+    other = AyiyaLink(
+        "tunnel secret",
+        role=Role.CLIENT,
+        local=IPv6Address("2001:db8:8000:9::2"),
+        remote=IPv6Address("2001:db8:8000:9::1"),
+    )
+    assert c.from_ayiya(other.forward(inner, 1_800_000_001.0), ("203.0.113.5", 1), 1.0) == []
+    assert c.ayiya_drops[AyiyaDrop.UNKNOWN_IDENTITY] == 1
+    # A valid datagram whose inner source is not the tunnel's.
+    spoofed = client.forward(udp6("2001:db8:9999::1", INTERNET), 1_800_000_001.0)
+    assert c.from_ayiya(spoofed, ("203.0.113.5", 40000), 1.0) == []
+    assert c.drops[Drop.SPOOFED_SOURCE] == 1 and c.learned == [(7, "203.0.113.5", 40000)]
+    assert c.drops[Drop.BAD_AYIYA] == 4
+
+
+def test_reinstalling_an_ayiya_tunnel_keeps_its_replay_window() -> None:
+    c = ForwardingCore()
+    c.wall_offset = 1_800_000_000.0
+    state, client = _ayiya_pair()
+    c.add(state, 0.0)
+    datagram = client.noop(1_800_000_001.0)
+    assert c.from_ayiya(datagram, ("203.0.113.5", 40000), 1.0) == []
+    again, _ = _ayiya_pair()
+    c.add(again, 2.0)  # e.g. the broker recorded the learnt endpoint
+    assert c.from_ayiya(datagram, ("198.51.100.66", 1), 2.0) == []
+    assert c.ayiya_drops[AyiyaDrop.REPLAYED] == 1
+    changed, _ = _ayiya_pair("a new secret")
+    c.add(changed, 3.0)  # a new secret starts afresh
+    assert changed.ayiya is not again.ayiya

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from tunnelbroker.protocols.ayiya import AyiyaLink, Role
 from tunnelbroker.store.records import TunnelRecord
 from tunnelbroker.tunnelserver.engine import Encap, TunnelState
 
@@ -22,11 +23,16 @@ def installable(record: TunnelRecord) -> bool:
         and record.user_state == "enabled"
         and record.admin_state == "enabled"
         and record.type in _FORWARDED
-        and bool(record.client_ipv4 or record.client_ipv6)
+        # An AYIYA tunnel is found by its identity: it is carried before its first packet
+        # tells where the client is.
+        and (bool(record.client_ipv4 or record.client_ipv6) or record.type == "ayiya")
+        and (record.type != "ayiya" or bool(record.secret))
     )
 
 
-def state_from_record(record: TunnelRecord, now_wall: float, now_mono: float) -> TunnelState:
+def state_from_record(
+    record: TunnelRecord, now_wall: float, now_mono: float, clock_window: int = 120
+) -> TunnelState:
     """The data plane's view of a live tunnel.
 
     The link /64 gives the server ``::1`` (the keepalive address) and the client ``::2``; a v4v6
@@ -51,11 +57,21 @@ def state_from_record(record: TunnelRecord, now_wall: float, now_mono: float) ->
             if routed:
                 prefixes.append(ipaddress.IPv6Network(routed))
         remote = record.client_ipv4 or ""
+    ayiya = None
+    if encap is Encap.AYIYA:
+        ayiya = AyiyaLink(
+            record.secret or "",
+            role=Role.SERVER,
+            local=ipaddress.IPv6Address(server),
+            remote=ipaddress.IPv6Address(client),
+            clock_window=clock_window,
+        )
     return TunnelState(
         tunnel_id=record.id,
         encap=encap,
         remote=remote,
-        port=record.client_port if encap is Encap.V6UDPV4 else None,
+        port=record.client_port if encap in (Encap.V6UDPV4, Encap.AYIYA) else None,
+        ayiya=ayiya,
         prefixes=prefixes,
         server_inner=str(server),
         mtu=record.mtu,

@@ -31,6 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
+from tunnelbroker.protocols.ayiya import AyiyaDrop, AyiyaLink, OpCode, decode
+from tunnelbroker.protocols.ayiya.messages import NEXT_HEADER_IPV6
 from tunnelbroker.tunnelserver import packet
 from tunnelbroker.tunnelserver.table import PrefixTable
 
@@ -46,6 +48,8 @@ class Out(IntEnum):
     UDP = 2
     #: IPv4 in IPv6, next header 4, to a 16-byte IPv6 address.
     IP4IN6 = 3
+    #: A signed AYIYA datagram in UDP to ``(ipv4 text, port)``, from the AYIYA port.
+    AYIYA = 4
 
 
 class Drop(Enum):
@@ -59,12 +63,15 @@ class Drop(Enum):
     TO_SERVER = "addressed to the server's tunnel address, not an echo request"
     TOO_BIG = "larger than the tunnel MTU (Packet Too Big sent)"
     WRONG_FAMILY = "wrong address family for the tunnel"
+    NO_ENDPOINT = "the tunnel's endpoint is not known yet (no AYIYA packet from it)"
+    BAD_AYIYA = "an AYIYA datagram that failed its checks (counted by reason apart)"
 
 
 class Encap(Enum):
     V6V4 = "v6v4"
     V6UDPV4 = "v6udpv4"
     V4V6 = "v4v6"
+    AYIYA = "ayiya"
 
 
 @dataclass(eq=False, slots=True)
@@ -89,15 +96,18 @@ class TunnelState:
     packets_out: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    #: AYIYA only: signs and checks this tunnel's datagrams (its secret and replay window).
+    ayiya: AyiyaLink | None = field(default=None, repr=False)
     # Derived, for the hot path.
     _remote_key: bytes | tuple[str, int] = field(default=b"", repr=False)
     _server_inner: bytes = field(default=b"", repr=False)
     _allowed: PrefixTable[bool] | None = field(default=None, repr=False)
 
     def _derive(self) -> None:
-        if self.encap is Encap.V6UDPV4:
-            assert self.port is not None
-            self._remote_key = (self.remote, self.port)
+        if self.encap is Encap.V6UDPV4 or self.encap is Encap.AYIYA:
+            # An AYIYA client's endpoint may not be known yet ("", None).
+            assert self.port is not None or self.encap is Encap.AYIYA
+            self._remote_key = (self.remote, self.port or 0)
         else:
             self._remote_key = ipaddress.ip_address(self.remote).packed
         self._server_inner = ipaddress.ip_address(self.server_inner).packed
@@ -134,7 +144,17 @@ class ForwardingCore:
         self._by_udp: dict[tuple[str, int], TunnelState] = {}
         self._by_v6: dict[bytes, TunnelState] = {}
         self._server_addrs: dict[bytes, TunnelState] = {}
+        #: AYIYA tunnels by the client's identity (its tunnel address, 16 bytes).
+        self._by_identity: dict[bytes, TunnelState] = {}
         self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
+        #: Why AYIYA datagrams were dropped (each also counts as :attr:`Drop.BAD_AYIYA`).
+        self.ayiya_drops: dict[AyiyaDrop, int] = dict.fromkeys(AyiyaDrop, 0)
+        #: AYIYA endpoints learnt since last taken: (tunnel id, address, port). The control
+        #: plane records them (the data plane already uses them).
+        self.learned: list[tuple[int, str, int]] = []
+        #: Epoch seconds minus ``now``: AYIYA signs and checks epoch times, the rest of the
+        #: core runs on the monotonic clock. The I/O layer keeps it current.
+        self.wall_offset = 0.0
 
     # ------------------------------------------------------------------ configuration
 
@@ -149,7 +169,12 @@ class ForwardingCore:
 
     def add(self, t: TunnelState, now: float) -> None:
         """Install (or replace) a tunnel."""
-        if t.tunnel_id in self._tunnels:
+        old = self._tunnels.get(t.tunnel_id)
+        if old is not None:
+            # An AYIYA tunnel re-installed with the same secret (a new endpoint, a setting
+            # changed) keeps its replay window: a fresh one would accept old datagrams again.
+            if old.ayiya is not None and t.ayiya is not None and old.ayiya.key == t.ayiya.key:
+                t.ayiya = old.ayiya
             self.remove(t.tunnel_id)
         t._derive()
         if not t.last_seen:
@@ -158,7 +183,11 @@ class ForwardingCore:
         table = self._routes4 if t.encap is Encap.V4V6 else self._routes6
         for p in t.prefixes:
             table.add(p, t)
-        self._endpoint_index(t)[t._remote_key] = t
+        if t.encap is Encap.AYIYA:
+            assert t.ayiya is not None, "an AYIYA tunnel needs its link"
+            self._by_identity[t.ayiya.remote.packed] = t
+        else:
+            self._endpoint_index(t)[t._remote_key] = t
         self._server_addrs[t._server_inner] = t
 
     def remove(self, tunnel_id: int) -> TunnelState | None:
@@ -169,9 +198,14 @@ class ForwardingCore:
         for p in t.prefixes:
             if table.get(p) is t:
                 table.remove(p)
-        index = self._endpoint_index(t)
-        if index.get(t._remote_key) is t:
-            del index[t._remote_key]
+        if t.encap is Encap.AYIYA:
+            assert t.ayiya is not None
+            if self._by_identity.get(t.ayiya.remote.packed) is t:
+                del self._by_identity[t.ayiya.remote.packed]
+        else:
+            index = self._endpoint_index(t)
+            if index.get(t._remote_key) is t:
+                del index[t._remote_key]
         if self._server_addrs.get(t._server_inner) is t:
             del self._server_addrs[t._server_inner]
         return t
@@ -181,6 +215,10 @@ class ForwardingCore:
         t = self._tunnels.get(tunnel_id)
         if t is None:
             return False
+        if t.encap is Encap.AYIYA:
+            t.remote, t.port = remote, port
+            t._remote_key = (remote, port or 0)
+            return True
         index = self._endpoint_index(t)
         if index.get(t._remote_key) is t:
             del index[t._remote_key]
@@ -238,8 +276,41 @@ class ForwardingCore:
             if reply is None:
                 self.drops[Drop.TO_SERVER] += 1
                 return []
-            return self._to_client(t, reply)
+            return self._to_client(t, reply, now)
         return [(Out.TUN, pkt, None)]
+
+    def from_ayiya(self, datagram: bytes, addr: tuple[str, int], now: float) -> list[Output]:
+        """An AYIYA datagram from ``addr`` to the AYIYA port.
+
+        A valid one (the tunnel found by its identity, then clock, signature, replay) moves
+        the tunnel to ``addr`` if it came from elsewhere (sixxsd's endpoint learning) and
+        proves it alive; a Forward carries an IPv6 packet, filtered like any other.
+        """
+        decoded = decode(datagram)
+        if isinstance(decoded, AyiyaDrop):
+            return self._ayiya_drop(decoded)
+        t = self._by_identity.get(decoded.identity.packed)
+        if t is None or t.ayiya is None:
+            return self._ayiya_drop(AyiyaDrop.UNKNOWN_IDENTITY)
+        checked = t.ayiya.verify(decoded, now + self.wall_offset)
+        if isinstance(checked, AyiyaDrop):
+            return self._ayiya_drop(checked)
+        if (t.remote, t.port) != addr:
+            t.remote, t.port = addr
+            t._remote_key = addr
+            self.learned.append((t.tunnel_id, addr[0], addr[1]))
+        t.last_seen = now
+        if not checked.forwards or checked.opcode is OpCode.NOOP:
+            return []
+        if checked.next_header != NEXT_HEADER_IPV6:
+            self.drops[Drop.WRONG_FAMILY] += 1
+            return []
+        return self._from_client6(t, checked.payload, now)
+
+    def _ayiya_drop(self, why: AyiyaDrop) -> list[Output]:
+        self.ayiya_drops[why] += 1
+        self.drops[Drop.BAD_AYIYA] += 1
+        return []
 
     def _from_client6(self, t: TunnelState, pkt: bytes, now: float) -> list[Output]:
         if len(pkt) < 40 or pkt[0] >> 4 != 6:
@@ -263,7 +334,7 @@ class ForwardingCore:
             if reply is None:
                 self.drops[Drop.TO_SERVER] += 1
                 return []
-            return self._to_client(t, reply)
+            return self._to_client(t, reply, now)
         if dst[0] == 0xFF or (dst[0] == 0xFE and dst[1] & 0xC0 == 0x80):
             self.drops[Drop.LINK_LOCAL] += 1
             return []
@@ -289,7 +360,7 @@ class ForwardingCore:
                 self.drops[Drop.TOO_BIG] += 1
                 ptb = packet.packet_too_big(pkt, t.mtu, t._server_inner)
                 return [] if ptb is None else [(Out.TUN, ptb, None)]
-            return self._to_client(t, pkt)
+            return self._to_client(t, pkt, now)
         if version == 4:
             if len(pkt) < 20:
                 self.drops[Drop.MALFORMED] += 1
@@ -305,17 +376,25 @@ class ForwardingCore:
                     # DF clear: the kernel would fragment; we do not, so the packet is dropped.
                     return []
                 return [(Out.TUN, err, None)]
-            return self._to_client(t, pkt)
+            return self._to_client(t, pkt, now)
         self.drops[Drop.MALFORMED] += 1
         return []
 
-    def _to_client(self, t: TunnelState, pkt: bytes) -> list[Output]:
+    def _to_client(self, t: TunnelState, pkt: bytes, now: float) -> list[Output]:
         t.packets_out += 1
         t.bytes_out += len(pkt)
         if t.encap is Encap.V6UDPV4:
             return [(Out.UDP, pkt, t._remote_key)]
         if t.encap is Encap.V6V4:
             return [(Out.PROTO41, pkt, t._remote_key)]
+        if t.encap is Encap.AYIYA:
+            assert t.ayiya is not None
+            if not t.remote:
+                t.packets_out -= 1
+                t.bytes_out -= len(pkt)
+                self.drops[Drop.NO_ENDPOINT] += 1
+                return []
+            return [(Out.AYIYA, t.ayiya.forward(pkt, now + self.wall_offset), t._remote_key)]
         return [(Out.IP4IN6, pkt, t._remote_key)]
 
     # ------------------------------------------------------------------ expiry

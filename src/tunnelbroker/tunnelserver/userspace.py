@@ -52,6 +52,8 @@ class DataPlaneConfig:
     server_ipv6: str | None = None
     #: Prefixes routed into the TUN (the link and delegated pools, the IPv4 pool for v4v6).
     routes: tuple[str, ...] = ()
+    #: AYIYA (SixXS) on this UDP port of ``server_ipv4``; None: no AYIYA. 0 picks a port.
+    ayiya_port: int | None = None
 
 
 def _raw_socket(family: int, proto: int, address: str) -> socket.socket:
@@ -73,15 +75,41 @@ def _raw_socket(family: int, proto: int, address: str) -> socket.socket:
     return s
 
 
+def _ayiya_socket(address: str, port: int) -> socket.socket:
+    """The AYIYA UDP socket, on the tunnel server's IPv4 address (replies leave from it)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        try:
+            s.bind((address, port))
+        except OSError as e:
+            if e.errno != errno.EADDRNOTAVAIL:
+                raise
+            log.warning("AYIYA: %s is not an address of this host; listening on all", address)
+            s.bind(("0.0.0.0", port))
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 class UserspaceDataPlane:
     """Owns the TUN, the raw sockets and the forwarding thread."""
 
     def __init__(
-        self, config: DataPlaneConfig, on_expired: Callable[[list[Expired]], None] | None = None
+        self,
+        config: DataPlaneConfig,
+        on_expired: Callable[[list[Expired]], None] | None = None,
+        on_learned: Callable[[list[tuple[int, str, int]]], None] | None = None,
     ) -> None:
         self.config = config
         self.core = ForwardingCore()
         self._on_expired = on_expired
+        #: Told the AYIYA endpoints the data plane learnt (from its thread).
+        self._on_learned = on_learned
+        self._ayiya: socket.socket | None = None
+        #: The AYIYA port bound (the configured one, or the one picked for 0).
+        self.ayiya_port = 0
         self._tun: TunDevice | None = None
         self._raw41: socket.socket | None = None
         self._raw4in6: socket.socket | None = None
@@ -107,6 +135,10 @@ class UserspaceDataPlane:
             self._raw41 = _raw_socket(socket.AF_INET, 41, cfg.server_ipv4)
         if cfg.server_ipv6:
             self._raw4in6 = _raw_socket(socket.AF_INET6, 4, cfg.server_ipv6)
+        if cfg.ayiya_port is not None:
+            self._ayiya = _ayiya_socket(cfg.server_ipv4 or "0.0.0.0", cfg.ayiya_port)
+            self.ayiya_port = self._ayiya.getsockname()[1]
+        self.core.wall_offset = time.time() - time.monotonic()
         self._thread = threading.Thread(target=self._run, name="tb-dataplane", daemon=True)
         self._thread.start()
         log.info(
@@ -121,7 +153,7 @@ class UserspaceDataPlane:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        for s in (self._raw41, self._raw4in6):
+        for s in (self._raw41, self._raw4in6, self._ayiya):
             if s is not None:
                 s.close()
         if self._tun is not None:
@@ -175,7 +207,8 @@ class UserspaceDataPlane:
         ep.register(self._wake_r, select.EPOLLIN)
         raw41_fd = self._raw41.fileno() if self._raw41 is not None else -1
         raw6_fd = self._raw4in6.fileno() if self._raw4in6 is not None else -1
-        for fd in (raw41_fd, raw6_fd):
+        ayiya_fd = self._ayiya.fileno() if self._ayiya is not None else -1
+        for fd in (raw41_fd, raw6_fd, ayiya_fd):
             if fd >= 0:
                 ep.register(fd, select.EPOLLIN)
         next_expiry = time.monotonic() + _EXPIRY_EVERY
@@ -189,6 +222,8 @@ class UserspaceDataPlane:
                         self._drain_raw41()
                     elif fd == raw6_fd:
                         self._drain_raw4in6()
+                    elif fd == ayiya_fd:
+                        self._drain_ayiya()
                     elif fd == self._wake_r:
                         try:
                             os.read(self._wake_r, 4096)
@@ -199,6 +234,8 @@ class UserspaceDataPlane:
                 if now >= next_expiry:
                     next_expiry = now + _EXPIRY_EVERY
                     with self._lock:
+                        # The wall clock may be stepped: AYIYA's epochs follow it.
+                        self.core.wall_offset = time.time() - now
                         expired = self.core.expire(now)
                     if expired and self._on_expired is not None:
                         self._on_expired(expired)
@@ -255,6 +292,25 @@ class UserspaceDataPlane:
                 outputs.extend(self.core.from_4in6(data, src, now))
         self._emit(outputs)
 
+    def _drain_ayiya(self) -> None:
+        assert self._ayiya is not None
+        now = time.monotonic()
+        outputs: list[Output] = []
+        with self._lock:
+            for _ in range(_BATCH):
+                try:
+                    data, addr = self._ayiya.recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as e:
+                    log.debug("ayiya receive: %s", e)
+                    continue
+                outputs.extend(self.core.from_ayiya(data, (addr[0], addr[1]), now))
+            learned, self.core.learned = self.core.learned, []
+        self._emit(outputs)
+        if learned and self._on_learned is not None:
+            self._on_learned(learned)
+
     def _emit(self, outputs: list[Output]) -> None:
         for where, pkt, dest in outputs:
             try:
@@ -264,6 +320,9 @@ class UserspaceDataPlane:
                 elif where is Out.UDP:
                     if self._udp_send is not None:
                         self._udp_send(pkt, dest)  # type: ignore[arg-type]
+                elif where is Out.AYIYA:
+                    if self._ayiya is not None:
+                        self._ayiya.sendto(pkt, dest)  # type: ignore[call-overload]
                 elif where is Out.PROTO41:
                     if self._raw41 is not None:
                         self._raw41.sendto(pkt, (socket.inet_ntoa(dest), 0))  # type: ignore[arg-type]
