@@ -95,6 +95,28 @@ class BrokerInLab:
         self.stop()
         self.start()
 
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Call the broker's REST API as ``USER`` (from inside the broker's namespace)."""
+        script = (
+            "import base64, json, sys, urllib.request\n"
+            "req = urllib.request.Request('http://127.0.0.1:8080' + sys.argv[1], "
+            "method=sys.argv[2], data=sys.argv[3].encode() or None, "
+            "headers={'content-type': 'application/json', 'authorization': 'Basic ' + "
+            "base64.b64encode(sys.argv[4].encode()).decode()})\n"
+            "print(urllib.request.urlopen(req, timeout=10).read().decode())\n"
+        )
+        out = self.lab.run(
+            "broker",
+            sys.executable,
+            "-c",
+            script,
+            path,
+            method,
+            json.dumps(body) if body is not None else "",
+            f"{USER}:{PASSWORD}",
+        ).stdout
+        return json.loads(out)
+
     def metric(self, name: str, **labels: str) -> float:
         """One value from the broker's /metrics (on its loopback)."""
         out = self.lab.run(
@@ -132,6 +154,9 @@ backend = "userspace"
 min_interval = 1
 [web]
 listen = ["127.0.0.1"]
+[sixxs]
+listen = ["{lab.addr.broker_v4}"]
+heartbeat_interval = 10
 [logging]
 level = "DEBUG"
 """
@@ -442,3 +467,39 @@ def test_broker_restart_restores_the_tunnels(broker: BrokerInLab) -> None:
     assert all(x["client_ipv6"] == first["client_ipv6"] for x in connections)
     tcp_transfer(lab, "cpub")
     stop_client(static, lab, "cpub")
+
+
+def test_tic_and_ayiya_behind_the_nat(broker: BrokerInLab) -> None:
+    lab = broker.lab
+    t = broker.api("POST", "/api/v1/tunnels", {"type": "ayiya"})
+    c = start_client(broker, "cnat", "--tic", "--tunnel", f"T{t['id']}", account=True)
+    (n,) = c.wait_connections(1, 30)
+    assert n["tunnel_type"] == "ayiya" and n["client_ipv6"] == t["client_inner"]
+    assert ping_until(lab, "cnat", lab.addr.inet6_v6, 15), c.err.read_text()
+    tcp_transfer(lab, "cnat")
+    seen = broker.api("GET", f"/api/v1/tunnels/{t['id']}")
+    assert seen["client_ipv4"] == lab.addr.nat_wan_v4 and seen["stats"]["up"]
+    # The NAT forgets the mapping: the next signed NOOP (every 10 s) comes from a new port,
+    # and the broker follows it without a new login.
+    lab.change_nat_mapping()
+    assert ping_until(lab, "cnat", lab.addr.inet6_v6, 30), c.err.read_text()
+    moved = broker.api("GET", f"/api/v1/tunnels/{t['id']}")
+    assert moved["client_port"] != seen["client_port"]
+    assert len(c.connections()) == 1
+    stop_client(c, lab, "cnat")
+
+
+def test_tic_and_heartbeat_follow_a_new_address(broker: BrokerInLab) -> None:
+    lab = broker.lab
+    t = broker.api("POST", "/api/v1/tunnels", {"type": "heartbeat"})
+    c = start_client(broker, "cpub", "--tic", account=True)  # the account's only tunnel
+    (n,) = c.wait_connections(1, 30)
+    assert n["tunnel_type"] == "heartbeat"
+    assert ping_until(lab, "cpub", lab.addr.inet6_v6, 15), c.err.read_text()
+    assert broker.api("GET", f"/api/v1/tunnels/{t['id']}")["client_ipv4"] == lab.addr.cpub_v4
+    tcp_transfer(lab, "cpub")
+    lab.change_client_ipv4("cpub", "198.51.100.78")
+    c.wait_connections(2, 40)
+    assert ping_until(lab, "cpub", lab.addr.inet6_v6, 15), c.err.read_text()
+    assert broker.api("GET", f"/api/v1/tunnels/{t['id']}")["client_ipv4"] == "198.51.100.78"
+    stop_client(c, lab, "cpub")

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import click
 
+from tunnelbroker.client.tic import TicClientError
 from tunnelbroker.client.tsp import DEFAULT_PORT, Negotiated, TspClientError, negotiate
 
 _PASSWORD_ENV = "TUNNELBROKER_PASSWORD"
@@ -79,7 +80,8 @@ def _summary(n: Negotiated, up: bool = False) -> None:
     table.add_row("broker", via)
     if n.redirects:
         table.add_row("redirected via", " -> ".join(n.redirects))
-    table.add_row("session", f"TSP {n.version}, {n.mechanism}")
+    session = "TIC, MD5 challenge" if n.version == "tic" else f"TSP {n.version}, {n.mechanism}"
+    table.add_row("session", session)
     asked = f" (asked for {n.requested_type})" if n.requested_type != n.tunnel_type else ""
     table.add_row("tunnel type", n.tunnel_type + asked)
     table.add_row("server endpoint", f"{n.server_ipv4}  {n.server_ipv6}")
@@ -196,6 +198,20 @@ def _summary(n: Negotiated, up: bool = False) -> None:
     show_default=True,
     help="Give up after this many seconds.",
 )
+@click.option(
+    "--tic",
+    is_flag=True,
+    help="Log in over TIC (SixXS, TCP 3874) instead of TSP, and run the account's AYIYA, "
+    "heartbeat or static 6in4 tunnel (needs --user).",
+)
+@click.option("--tunnel", "tic_tunnel", metavar="ID", help="With --tic: which tunnel (T123).")
+@click.option("--list", "tic_list", is_flag=True, help="With --tic: list the tunnels and exit.")
+@click.option("--starttls", is_flag=True, help="With --tic: use STARTTLS.")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="With --starttls: accept any certificate, as AICCU does.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log the negotiation to stderr.")
 def client(
     server: str,
@@ -214,6 +230,11 @@ def client(
     tun_name: str,
     lan_interface: str | None,
     timeout: float,
+    tic: bool,
+    tic_tunnel: str | None,
+    tic_list: bool,
+    starttls: bool,
+    insecure: bool,
     verbose: bool,
 ) -> None:
     """Negotiate a tunnel with the TSP broker SERVER (RFC 5572) and print what it granted.
@@ -225,6 +246,22 @@ def client(
     backoff up to 60 s). The parameters are printed at each connection. SIGINT or SIGTERM
     removes the interface, routes and addresses and exits.
     """
+    if tic or tic_tunnel or tic_list or starttls:
+        _tic(
+            server,
+            username,
+            password_stdin,
+            tic_tunnel,
+            tic_list,
+            starttls,
+            insecure,
+            up,
+            tun_name,
+            as_json,
+            timeout,
+            verbose,
+        )
+        return
     host, port = parse_server(server)
     auth = auth.upper()
     if auth == "ANONYMOUS" and username is not None:
@@ -282,6 +319,94 @@ def client(
         _summary(result)
 
 
+def _tic(
+    server: str,
+    username: str | None,
+    password_stdin: bool,
+    tunnel_id: str | None,
+    list_only: bool,
+    starttls: bool,
+    insecure: bool,
+    up: bool,
+    tun_name: str,
+    as_json: bool,
+    timeout: float,
+    verbose: bool,
+) -> None:
+    """``--tic``: a SixXS-style login; list, show or run the tunnel."""
+    from tunnelbroker.client.sixxs import tic_negotiate
+    from tunnelbroker.client.tic import TicClientError, fetch
+    from tunnelbroker.protocols.tic import PORT as TIC_PORT
+
+    if username is None:
+        raise click.UsageError("--tic needs --user")
+    host, port = parse_server(server)
+    if not ("]:" in server or server.count(":") == 1):
+        port = TIC_PORT  # no port given: TIC's, not TSP's
+    password = _password(username, password_stdin) or ""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO if up else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    if list_only:
+        try:
+            result = asyncio.run(
+                fetch(
+                    host,
+                    username,
+                    password,
+                    port=port,
+                    list_only=True,
+                    starttls=starttls,
+                    verify=not insecure,
+                    timeout=timeout,
+                )
+            )
+        except TicClientError as err:
+            _fail(str(err))
+        entries = [
+            {
+                "tunnel": x.tunnel_id,
+                "ipv6": x.ipv6_endpoint,
+                "ipv4": x.ipv4_endpoint,
+                "pop": x.pop_id,
+            }
+            for x in result.entries
+        ]
+        if as_json:
+            click.echo(json.dumps(entries, indent=2))
+        else:
+            for x in entries:
+                click.echo(f"{x['tunnel']}  {x['ipv6']}  {x['ipv4']}  {x['pop']}")
+        return
+
+    async def negotiator() -> Negotiated:
+        return await tic_negotiate(
+            host,
+            username=username,
+            password=password,
+            tunnel_id=tunnel_id,
+            port=port,
+            starttls=starttls,
+            verify=not insecure,
+            timeout=timeout,
+        )
+
+    if not up:
+        try:
+            n = asyncio.run(negotiator())
+        except TicClientError as e:
+            _fail(str(e))
+        if as_json:
+            click.echo(json.dumps(n.to_dict(), indent=2))
+        else:
+            _summary(n)
+        return
+    _up(host, {"negotiator": negotiator}, tun_name, None, as_json)
+
+
 async def _negotiate_and_close(server: str, **kwargs: Any) -> Negotiated:
     # The flow must be closed on its own loop; the broker keeps the tunnel regardless.
     result = await negotiate(server, **kwargs)
@@ -325,6 +450,8 @@ def _up(
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     except TspClientError as e:
+        _fail(str(e))
+    except TicClientError as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"cannot bring the tunnel up: {e}")

@@ -17,6 +17,13 @@ The data plane needs no tunnel modules (sit, fou): packets go through a TUN devi
   bare IPv6 packets to the server's IPv4 address (the kernel adds the IPv4 header) and accept
   only packets whose outer source is that address (RFC 4213 §3.6's ingress check, mirrored).
   The signalling flow stays open meanwhile, as gogoc keeps it.
+* **v4v6** (RFC 2473 4in6): a raw IPv6 socket for next header 4; the TUN carries IPv4.
+* **ayiya** (SixXS, from TIC): every IPv6 packet goes out as a signed AYIYA Forward to UDP
+  5072 of the PoP, a signed NOOP every interval keeps the NAT mapping and tells the PoP where
+  we are, and only datagrams with the PoP's identity, a good signature and time and no replay
+  come in.
+* **heartbeat** (SixXS 6in4-heartbeat): 6in4 as v6v4, plus a signed beat to UDP 3740 every
+  interval, which moves the PoP's end of the tunnel to our address.
 * **Keepalive** (:class:`~tunnelbroker.protocols.tsp.keepalive.KeepaliveMachine`): echoes go
   straight into the tunnel, and their replies are swallowed before the TUN.
 * **Router mode** (a delegated prefix): ``<prefix>::1/64`` is added on ``lan_interface``; the
@@ -41,12 +48,18 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
+from tunnelbroker.client.tic import TicClientError
 from tunnelbroker.client.tsp import Negotiated, TspClientError, UdpFlow, negotiate
+from tunnelbroker.protocols.ayiya import PORT as AYIYA_PORT
+from tunnelbroker.protocols.ayiya import AyiyaDrop, AyiyaLink, Role
+from tunnelbroker.protocols.ayiya.messages import NEXT_HEADER_IPV6
+from tunnelbroker.protocols.heartbeat import PORT as HEARTBEAT_PORT
+from tunnelbroker.protocols.heartbeat import build as build_heartbeat
 from tunnelbroker.protocols.tsp.errors import StatusCode
 from tunnelbroker.protocols.tsp.keepalive import KeepaliveMachine
 from tunnelbroker.tunnelserver.tun import TunDevice, address_args, iproute_call
@@ -266,8 +279,10 @@ async def run_tunnel(
             flow.
         OSError: the TUN, a socket or the LAN interface could not be set up.
     """
-    if n.tunnel_type not in ("v6udpv4", "v6v4", "v4v6"):
+    if n.tunnel_type not in ("v6udpv4", "v6v4", "v4v6", "ayiya", "heartbeat"):
         raise ValueError(f"cannot bring up a {n.tunnel_type} tunnel")
+    if n.tunnel_type in ("ayiya", "heartbeat") and not n.secret:
+        raise ValueError(f"a {n.tunnel_type} tunnel needs its secret")
     if n.tunnel_type == "v6udpv4" and not isinstance(n.flow, UdpFlow):
         raise ValueError("a v6udpv4 tunnel needs its signalling UDP flow")
     loop = asyncio.get_running_loop()
@@ -352,6 +367,56 @@ async def run_tunnel(
                         from_tunnel(pkt)
 
                 tasks.append(asyncio.create_task(read_flow()))
+            elif n.tunnel_type == "ayiya":
+                assert n.secret is not None
+                link = AyiyaLink(
+                    n.secret,
+                    role=Role.CLIENT,
+                    local=ipaddress.IPv6Address(n.client_ipv6),
+                    remote=ipaddress.IPv6Address(n.server_ipv6),
+                )
+                udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                stack.callback(udp.close)
+                udp.setblocking(False)
+                udp.connect((n.server_ipv4, AYIYA_PORT))
+
+                def send(pkt: bytes) -> None:
+                    try:
+                        udp.send(link.forward(pkt, time.time()))
+                    except OSError:
+                        pass  # as for 6in4: a router drops, so do we
+
+                def on_ayiya() -> None:
+                    nonlocal dropped
+                    for _ in range(_BATCH):
+                        try:
+                            datagram = udp.recv(_READ_SIZE)
+                        except BlockingIOError:
+                            return
+                        except OSError as e:
+                            log.debug("ayiya socket: %s", e)
+                            return
+                        got = link.receive(datagram, time.time())
+                        if isinstance(got, AyiyaDrop):
+                            log.debug("ayiya datagram dropped: %s", got.value)
+                            dropped += 1
+                        elif got.forwards and got.next_header == NEXT_HEADER_IPV6:
+                            from_tunnel(got.payload)
+
+                async def noops() -> None:
+                    # AICCU's beat: a signed NOOP now and every interval; it keeps the NAT
+                    # mapping open and tells the PoP where we are.
+                    while True:
+                        try:
+                            udp.send(link.noop(time.time()))
+                        except OSError as e:
+                            log.debug("ayiya noop: %s", e)
+                        await asyncio.sleep(max(1.0, float(n.keepalive_interval or 60)))
+
+                loop.add_reader(udp.fileno(), on_ayiya)
+                stack.callback(loop.remove_reader, udp.fileno())
+                tasks.append(asyncio.create_task(noops()))
+                log.info("ayiya to %s port %d", n.server_ipv4, AYIYA_PORT)
             elif v4v6:
                 raw6 = _raw_4in6(n.client_ipv6, n.local_address)
                 stack.callback(raw6.close)
@@ -415,6 +480,27 @@ async def run_tunnel(
                 loop.add_reader(raw.fileno(), on_raw)
                 stack.callback(loop.remove_reader, raw.fileno())
                 log.info("6in4 to %s from %s", n.server_ipv4, raw.getsockname()[0])
+                if n.tunnel_type == "heartbeat":
+                    assert n.secret is not None
+                    secret = n.secret
+                    beat_to = (n.server_ipv4, HEARTBEAT_PORT)
+                    beats = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    stack.callback(beats.close)
+                    beats.setblocking(False)
+
+                    async def heartbeats() -> None:
+                        # The beat moves the PoP's end of the 6in4 tunnel to our address.
+                        while True:
+                            try:
+                                beats.sendto(
+                                    build_heartbeat(n.client_ipv6, secret, time.time()), beat_to
+                                )
+                            except OSError as e:
+                                log.debug("heartbeat: %s", e)
+                            await asyncio.sleep(max(1.0, float(n.keepalive_interval or 60)))
+
+                    tasks.append(asyncio.create_task(heartbeats()))
+                    log.info("heartbeat every %s s to %s", n.keepalive_interval, beat_to[0])
 
             def on_tun() -> None:
                 nonlocal dropped
@@ -525,11 +611,13 @@ async def run_client(
     backoff_cap: float = BACKOFF_CAP,
     rand: Callable[[], float] = random.random,
     clock: Callable[[], float] = time.monotonic,
+    negotiator: Callable[[], Awaitable[Negotiated]] | None = None,
     **negotiate_options: Any,
 ) -> None:
     """Keep a tunnel with broker ``server`` up until ``stop`` is set.
 
-    Negotiates (``negotiate_options`` go to :func:`~tunnelbroker.client.tsp.negotiate`),
+    Negotiates (``negotiate_options`` go to :func:`~tunnelbroker.client.tsp.negotiate`; a
+    ``negotiator`` replaces that, e.g. a TIC login: :mod:`tunnelbroker.client.sixxs`),
     runs :func:`run_tunnel`, and when the tunnel ends for any reason but ``stop``
     negotiates again. Failed attempts in a row are spaced by :func:`backoff_delay` (1, 2,
     4 … ``backoff_cap`` s, jittered); a tunnel that stayed up :data:`STABLE_AFTER` seconds
@@ -554,12 +642,22 @@ async def run_client(
                 break
         log.info("negotiating with %s", server)
         try:
-            n = await negotiate(server, **negotiate_options)
+            if negotiator is not None:
+                n = await negotiator()
+            else:
+                n = await negotiate(server, **negotiate_options)
         except TspClientError as e:
             if e.code in PERMANENT_REFUSALS:
                 raise
             failures += 1
             log.warning("negotiation failed: %s", e)
+            continue
+        except TicClientError as e:
+            # A refused login or an unknown tunnel will not fix itself; a network error may.
+            if connections == 0 and e.server_text is not None:
+                raise
+            failures += 1
+            log.warning("TIC failed: %s", e)
             continue
         connections += 1
         log.info(

@@ -227,6 +227,8 @@ class Negotiated:
     offer: Tunnel | None = field(default=None, repr=False)
     #: The signalling flow, still open (a v6udpv4 tunnel must use it).
     flow: UdpFlow | TcpFlow | None = field(default=None, repr=False)
+    #: A SixXS tunnel's own secret (AYIYA signatures, heartbeat MD5), from TIC.
+    secret: str | None = field(default=None, repr=False)
 
     def close(self) -> None:
         """Close the signalling flow (the broker keeps the tunnel until it expires)."""
