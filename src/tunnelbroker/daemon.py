@@ -339,6 +339,7 @@ class Daemon:
         if dp is not None:
             with dp._lock:
                 f.drops = {d.name.lower(): n for d, n in dp.core.drops.items()}
+                f.drops.update({f"ayiya_{d.value}": n for d, n in dp.core.ayiya_drops.items()})
                 states = list(dp.core.tunnels())
                 f.packets = {
                     "in": sum(t.packets_in for t in states),
@@ -348,6 +349,11 @@ class Daemon:
                     "in": sum(t.bytes_in for t in states),
                     "out": sum(t.bytes_out for t in states),
                 }
+        if self.heartbeat is not None:
+            f.drops = {
+                **f.drops,
+                **{f"heartbeat_{d.value}": n for d, n in self.heartbeat.drops.items()},
+            }
         if self.dns is not None:
             f.dns_errors = len(self.dns.errors)
         return f
