@@ -233,3 +233,26 @@ async def test_metrics_for_allowed_networks_only(http: httpx.AsyncClient, tmp_pa
         assert d.web is not None
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.web.port}") as other:
             assert (await other.get("/metrics")).status_code == 404
+
+
+async def test_configuration_downloads(http: httpx.AsyncClient) -> None:
+    auth = await token_for(http)
+    t = (
+        await http.post(
+            "/api/v1/tunnels", json={"type": "static", "client_ipv4": "198.51.100.20"}, headers=auth
+        )
+    ).json()
+    r = await http.get(f"/api/v1/tunnels/{t['id']}/config", headers=auth)
+    ids = [p["id"] for p in r.json()]
+    assert "linux" in ids and "mikrotik" in ids and "gogoc" not in ids
+    r = await http.get(f"/api/v1/tunnels/{t['id']}/config/linux", headers=auth)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/x-shellscript")
+    assert f"ip -6 addr add {t['client_inner']}/64" in r.text
+    assert f'filename="tb{t["id"]}-linux.sh"' in r.headers["content-disposition"]
+    r = await http.get(f"/api/v1/tunnels/{t['id']}/config/amiga", headers=auth)
+    assert r.status_code == 404 and "unknown platform" in r.json()["error"]
+    a = (await http.post("/api/v1/tunnels", json={"type": "ayiya"}, headers=auth)).json()
+    r = await http.get(f"/api/v1/tunnels/{a['id']}/config/linux", headers=auth)
+    assert r.status_code == 400 and "cannot run a ayiya tunnel" in r.json()["error"]
+    r = await http.get(f"/api/v1/tunnels/{a['id']}/config/aiccu", headers=auth)
+    assert r.status_code == 200 and f"tunnel_id T{a['id']}" in r.text and "username alice" in r.text

@@ -101,6 +101,17 @@ async def test_a_user_signs_up_and_manages_tunnels(page: Any, daemon: Daemon) ->
     await page.goto(f"/tunnels/{made[2]}")
     assert "Tunnel password" in await page.inner_text("#details")
 
+    # Download the Linux script for the static tunnel, values filled in.
+    await page.goto(f"/tunnels/{made[0]}")
+    async with page.expect_download() as info:
+        await page.select_option("select[name=platform]", "linux")
+        await page.click("button:has-text('Download script')")
+    download = await info.value
+    script = Path(await download.path()).read_text()
+    assert download.suggested_filename == f"tb{made[0]}-linux.sh"
+    assert "ip tunnel add" in script and "remote 198.51.100.1" not in script
+    assert "local 198.51.100.50" in script
+
     # Update the static tunnel's endpoint; the broker (and so the data plane) follows.
     await page.goto(f"/tunnels/{made[0]}")
     await page.fill("input[name=client_ipv4]", "198.51.100.51")

@@ -12,7 +12,7 @@ import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +28,8 @@ from tunnelbroker.broker.model import BrokerError, ManagedRequest, Refusal
 from tunnelbroker.broker.service import Broker
 from tunnelbroker.broker.users import UserService
 from tunnelbroker.config import Config
+from tunnelbroker.configs import ConfigError, Platform, Rendered, TunnelParams, platforms_for
+from tunnelbroker.configs import render as render_config
 from tunnelbroker.metrics import BrokerCollector, Figures
 from tunnelbroker.store import Store, UserRecord
 from tunnelbroker.web import nic
@@ -61,20 +63,6 @@ _STATUS = {
 }
 
 
-@dataclass(frozen=True)
-class PlatformChoice:
-    id: str
-    name: str
-
-
-class ConfigSource(Protocol):
-    """Configuration scripts for a tunnel, per platform."""
-
-    def platforms(self, tunnel: TunnelOut) -> list[PlatformChoice]: ...
-
-    def render(self, tunnel: TunnelOut, platform: str) -> tuple[str, str, str] | None: ...
-
-
 class ApiError(Exception):
     def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
@@ -90,7 +78,6 @@ class WebContext:
     users: UserService
     store: Store
     stats: StatsSource = lambda _tid: None
-    configs: ConfigSource | None = None
     #: The TSP port clients connect to (the configured one, or the one picked for 0).
     tsp_port: int = 3653
     #: The daemon's figures for /metrics; None: no metrics.
@@ -114,13 +101,27 @@ class WebContext:
         """This tunnel server's name as users see it."""
         return self.config.broker.pop_name
 
-    def config_platforms(self, tunnel: TunnelOut) -> list[PlatformChoice]:
+    def config_platforms(self, tunnel: TunnelOut) -> list[Platform]:
         """Platforms a configuration can be downloaded for, for this tunnel."""
-        return [] if self.configs is None else self.configs.platforms(tunnel)
+        return platforms_for(tunnel.type)
 
-    def render_config(self, tunnel: TunnelOut, platform: str) -> tuple[str, str, str] | None:
-        """(file name, media type, text) of the configuration, or None if not offered."""
-        return None if self.configs is None else self.configs.render(tunnel, platform)
+    def render_config(self, tunnel: TunnelOut, platform: str, username: str, host: str) -> Rendered:
+        """The configuration download. Raises ConfigError (unknown platform, a tunnel the
+        platform cannot run, a static tunnel without its endpoint...)."""
+        params = TunnelParams.make(
+            tunnel_id=tunnel.id,
+            kind=tunnel.type,
+            server_ipv4=tunnel.server_ipv4 or self.config.broker.server_ipv4,
+            client_ipv4=tunnel.client_ipv4 if tunnel.type == "static" else None,
+            link_prefix=tunnel.link_prefix,
+            routed_prefix=tunnel.routed_prefix,
+            delegated_prefix=tunnel.delegated_prefix,
+            mtu=tunnel.mtu,
+            broker_host=host,
+            username=username,
+            name=tunnel.name,
+        )
+        return render_config(platform, params)
 
 
 class BodyLimit:
@@ -243,6 +244,10 @@ def create_app(ctx: WebContext) -> FastAPI:
     async def _http(_r: Request, e: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(e.detail)}, e.status_code, headers=e.headers)
 
+    @app.exception_handler(ConfigError)
+    async def _no_config(_r: Request, e: ConfigError) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, 404 if "unknown platform" in str(e) else 400)
+
     @app.exception_handler(BrokerError)
     async def _refused(_r: Request, e: BrokerError) -> JSONResponse:
         return JSONResponse({"error": str(e)}, _STATUS.get(e.refusal, 400))
@@ -344,6 +349,29 @@ def create_app(ctx: WebContext) -> FastAPI:
         )
         return TunnelOut.of(t, ctx.stats(tunnel_id))
 
+    @app.get("/api/v1/tunnels/{tunnel_id}/config", tags=["tunnels"])
+    async def tunnel_platforms(tunnel_id: int, user: User) -> list[dict[str, str]]:
+        """The platforms a ready configuration exists for, for this tunnel."""
+        t = TunnelOut.of(own_tunnel(user, tunnel_id))
+        return [{"id": p.id, "name": p.name} for p in ctx.config_platforms(t)]
+
+    @app.get(
+        "/api/v1/tunnels/{tunnel_id}/config/{platform}",
+        response_class=PlainTextResponse,
+        tags=["tunnels"],
+    )
+    async def tunnel_config(
+        tunnel_id: int, platform: str, request: Request, user: User
+    ) -> PlainTextResponse:
+        """A ready configuration script or file for ``platform``, values filled in."""
+        t = TunnelOut.of(own_tunnel(user, tunnel_id))
+        out = ctx.render_config(t, platform, user.name, broker_host(request, ctx))
+        return PlainTextResponse(
+            out.text,
+            media_type=out.media_type,
+            headers={"Content-Disposition": f'attachment; filename="{out.filename}"'},
+        )
+
     @app.post("/api/v1/tunnels/{tunnel_id}/update-key", response_model=TunnelOut, tags=["tunnels"])
     async def new_update_key(tunnel_id: int, user: User) -> TunnelOut:
         """Replace the tunnel's update key (the old one stops working at once)."""
@@ -391,6 +419,16 @@ def create_app(ctx: WebContext) -> FastAPI:
         )
 
     return app
+
+
+def broker_host(request: Request, ctx: WebContext) -> str:
+    """The broker's name as the user reached it (for the scripts), else its address."""
+    host = request.url.hostname or ""
+    return (
+        host
+        if host and host not in ("127.0.0.1", "localhost", "::1")
+        else (ctx.config.broker.server_ipv4)
+    )
 
 
 async def _thread(fn: Callable[..., _T], *args: Any) -> _T:

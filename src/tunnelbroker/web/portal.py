@@ -25,8 +25,9 @@ from starlette.datastructures import FormData
 
 from tunnelbroker.broker.model import BrokerError, ManagedRequest
 from tunnelbroker.broker.users import InvalidPassword, InvalidUsername, validate_username
+from tunnelbroker.configs import ConfigError
 from tunnelbroker.store import StoreError, UserExists, UserRecord
-from tunnelbroker.web.app import WebContext, client_address
+from tunnelbroker.web.app import WebContext, broker_host, client_address
 from tunnelbroker.web.auth import new_token
 from tunnelbroker.web.errors import PortalError
 from tunnelbroker.web.schemas import TunnelOut
@@ -435,14 +436,21 @@ def _router(ctx: WebContext) -> APIRouter:
     async def config(request: Request, tunnel_id: int, platform: str = "") -> Response:
         user = await need_user(request)
         t = own(user, tunnel_id)
-        rendered = ctx.render_config(t, platform)
-        if rendered is None:
-            raise PortalError(404, f"No configuration for platform {platform[:40]!r}.")
-        filename, media_type, text = rendered
+        try:
+            out = ctx.render_config(t, platform, user.name, broker_host(request, ctx))
+        except ConfigError as e:
+            raise PortalError(404 if "unknown platform" in str(e) else 400, str(e)) from e
+        await audit(
+            request,
+            "configuration downloaded",
+            user.name,
+            target=f"T{tunnel_id}",
+            detail=platform[:40],
+        )
         return Response(
-            text,
-            media_type=media_type,
-            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+            out.text,
+            media_type=out.media_type,
+            headers={"Content-Disposition": f'attachment; filename="{out.filename}"'},
         )
 
     # ------------------------------------------------------------------ admin
