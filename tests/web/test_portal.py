@@ -240,3 +240,19 @@ async def test_tsp_type_explains_the_client_setup(daemon: Daemon) -> None:
         assert r.status_code == 200
         assert "--user lee" in r.text and f"127.0.0.1:{daemon.tsp_port}" in r.text
         assert "userid=lee" in r.text
+
+
+async def test_reachability_check_refuses_an_endpoint_that_does_not_answer(
+    tmp_path: Path,
+) -> None:
+    async with running(_config(tmp_path, signup="open", reachability_check=True)) as d:
+        async with await _client(d) as http:
+            await post(
+                http, "/signup", "/signup", username="kim", password=PASSWORD, password2=PASSWORD
+            )
+            # Nothing on this host routes to 198.51.100.0/24: no echo reply can come back.
+            r = await post(
+                http, "/tunnels", "/tunnels", type="static", client_ipv4="198.51.100.99", mtu="1280"
+            )
+            assert r.status_code == 400 and "does not answer ICMP echo" in r.text
+            assert d.broker is not None and d.broker.tunnels == {}

@@ -121,6 +121,13 @@ async def test_a_user_signs_up_and_manages_tunnels(page: Any, daemon: Daemon) ->
     assert daemon.broker is not None
     assert daemon.broker.tunnels[made[0]].client_ipv4 == "198.51.100.51"
 
+    # TSP is set up by the client: the portal shows how, with the account filled in.
+    await page.goto("/tunnels")
+    await page.select_option("select[name=type]", "tsp")
+    await page.click("button:has-text('Create tunnel')")
+    assert "--user kim" in await page.inner_text("#tsp-command")
+    assert "userid=kim" in await page.inner_text("#gogoc-config")
+
     # The list shows all three; delete one.
     await page.goto("/tunnels")
     listing = await page.inner_text("table")
