@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tunnelbroker.lab.topology import Lab
+from tunnelbroker.lab.traffic import SINK, SOURCE
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -27,32 +28,6 @@ TUNNELBROKER = Path(sys.executable).with_name("tunnelbroker")
 USER, PASSWORD = "carol", "correct horse battery"
 #: Requested keepalive interval (s); the test broker allows it, so a dead path shows in ~6 s.
 KEEPALIVE = 2
-
-# Runs in inet6: accept one connection on [addr]:port, print the SHA-256 of what arrived.
-_SINK = """
-import hashlib, socket, sys
-s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(1)
-print("listening", flush=True)
-c, _ = s.accept()
-h = hashlib.sha256()
-while data := c.recv(65536):
-    h.update(data)
-print(h.hexdigest(), flush=True)
-"""
-
-# Runs in the client namespace: send 1 MiB of seeded random bytes, print their SHA-256.
-_SOURCE = """
-import hashlib, random, socket, sys
-data = random.Random(7).randbytes(1 << 20)
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
-c.sendall(data)
-c.shutdown(socket.SHUT_WR)
-c.recv(1)
-print(hashlib.sha256(data).hexdigest())
-"""
 
 
 @dataclass
@@ -256,7 +231,7 @@ def tcp_transfer(
         sink,
         sys.executable,
         "-c",
-        _SINK,
+        SINK,
         target,
         str(port),
         stdout=subprocess.PIPE,
@@ -264,9 +239,9 @@ def tcp_transfer(
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "listening"
-    sent = lab.run(host, sys.executable, "-c", _SOURCE, target, str(port), timeout=60)
+    sent = lab.run(host, sys.executable, "-c", SOURCE, target, str(port), timeout=60)
     received, _ = proc.communicate(timeout=30)
-    assert received.strip() == sent.stdout.strip()
+    assert received.strip() == sent.stdout.split()[0]
 
 
 def test_v6udpv4_from_a_public_host(broker: BrokerInLab) -> None:

@@ -24,32 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tunnelbroker.lab.topology import Lab, LabError
+from tunnelbroker.lab.traffic import SINK, SOURCE
 
 _PASSWORD = "demo password 42"
-# Sent from a client to the IPv6 host: one MiB, and its SHA-256 compared at both ends.
-_SINK = """
-import hashlib, socket, sys
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(1)
-print("listening", flush=True)
-c, _ = s.accept()
-h = hashlib.sha256()
-while data := c.recv(65536):
-    h.update(data)
-print(h.hexdigest(), flush=True)
-"""
-_SOURCE = """
-import hashlib, os, socket, sys, time
-data = os.urandom(1 << 20)
-start = time.monotonic()
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
-c.sendall(data)
-c.shutdown(socket.SHUT_WR)
-c.recv(1)
-print(hashlib.sha256(data).hexdigest(), time.monotonic() - start)
-"""
 
 
 class DemoError(Exception):
@@ -177,7 +154,7 @@ class Demo:
             "inet6",
             sys.executable,
             "-c",
-            _SINK,
+            SINK,
             target,
             str(port),
             stdout=subprocess.PIPE,
@@ -186,7 +163,7 @@ class Demo:
         assert sink.stdout is not None
         if sink.stdout.readline().strip() != "listening":
             raise DemoError("the TCP sink on the IPv6 host did not start")
-        sent = self.lab.run(host, sys.executable, "-c", _SOURCE, target, str(port), timeout=60)
+        sent = self.lab.run(host, sys.executable, "-c", SOURCE, target, str(port), timeout=60)
         digest, seconds = sent.stdout.split()
         received, _ = sink.communicate(timeout=30)
         if received.strip() != digest:

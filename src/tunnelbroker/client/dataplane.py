@@ -184,30 +184,14 @@ def _quietly(what: str, fn: Callable[[], object]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _raw_41(local: str, fallback: str) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, _IPPROTO_IPV6)
+def _raw_socket(family: int, proto: int, local: str, fallback: str) -> socket.socket:
+    """A non-blocking raw socket for ``proto`` (41: 6in4, 4: 4in6), bound to our endpoint."""
+    s = socket.socket(family, socket.SOCK_RAW, proto)
     try:
         try:
             s.bind((local, 0))
         except OSError as e:
-            # A client_ipv4 announced by hand may not be ours; the signalling socket's is.
-            if e.errno != errno.EADDRNOTAVAIL or fallback == local:
-                raise
-            s.bind((fallback, 0))
-        s.setblocking(False)
-    except BaseException:
-        s.close()
-        raise
-    return s
-
-
-def _raw_4in6(local: str, fallback: str) -> socket.socket:
-    """A raw IPv6 socket for next header 4 (IPv4 in IPv6, RFC 2473), bound to our endpoint."""
-    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, _IPPROTO_IPIP)
-    try:
-        try:
-            s.bind((local, 0))
-        except OSError as e:
+            # An address announced by hand may not be ours; the signalling socket's is.
             if e.errno != errno.EADDRNOTAVAIL or fallback == local:
                 raise
             s.bind((fallback, 0))
@@ -418,7 +402,7 @@ async def run_tunnel(
                 tasks.append(asyncio.create_task(noops()))
                 log.info("ayiya to %s port %d", n.server_ipv4, AYIYA_PORT)
             elif v4v6:
-                raw6 = _raw_4in6(n.client_ipv6, n.local_address)
+                raw6 = _raw_socket(socket.AF_INET6, _IPPROTO_IPIP, n.client_ipv6, n.local_address)
                 stack.callback(raw6.close)
                 server6 = ipaddress.IPv6Address(n.server_ipv6)
                 target = (str(server6), 0)
@@ -450,7 +434,7 @@ async def run_tunnel(
                 stack.callback(loop.remove_reader, raw6.fileno())
                 log.info("4in6 to %s from %s", n.server_ipv6, raw6.getsockname()[0])
             else:
-                raw = _raw_41(n.client_ipv4, n.local_address)
+                raw = _raw_socket(socket.AF_INET, _IPPROTO_IPV6, n.client_ipv4, n.local_address)
                 stack.callback(raw.close)
                 server = (n.server_ipv4, 0)
                 server_packed = ipaddress.IPv4Address(n.server_ipv4).packed
