@@ -20,6 +20,9 @@ data plane) and real ``tunnelbroker client --up`` processes, and measures, in on
   table) restored from the store when the broker starts.
 * **Memory per configured tunnel**: the broker process's RSS with 10,000 tunnels minus with
   none, divided.
+* **Forwarding under control-plane load**: the v6udpv4 small-packet rate while another client
+  signs up anonymous TSP tunnels over TCP as fast as 32 concurrent sessions go (each a real
+  sign-up: SASL, offer, accept, a tunnel written to the store).
 
 Pinning: the broker (its forwarding thread included) runs on CPU 1 (``taskset``); senders,
 receivers and the client processes on CPU 0. So "per core" means the broker's core, and the
@@ -81,6 +84,25 @@ while time.monotonic() < end:
             pass
 print(sent / float(sys.argv[3]))
 """
+# Anonymous TSP sign-ups, as fast as 32 concurrent sessions go, for argv[2] seconds: each one a
+# real session (SASL, an offer, an accept, a tunnel written to the store). Prints sessions/s.
+_SIGNUPS = """
+import asyncio, sys, time
+from tunnelbroker.client.tsp import negotiate
+async def worker(end, done):
+    while time.monotonic() < end:
+        try:
+            n = await negotiate(sys.argv[1], transport="tcp", tunnel_type="v6v4", timeout=10)
+            n.close()
+            done.append(1)
+        except Exception:
+            await asyncio.sleep(0.01)
+async def main():
+    end, done = time.monotonic() + float(sys.argv[2]), []
+    await asyncio.gather(*(worker(end, done) for _ in range(32)))
+    print(len(done) / float(sys.argv[2]))
+asyncio.run(main())
+"""
 _TCP_SINK = """
 import socket, sys, time
 s = socket.socket(socket.AF_INET6)
@@ -121,6 +143,8 @@ class Bench:
             f'[tsp]\nlisten = ["{a.broker_v4}", "{a.broker_client_v6}"]\n'
             '[tunnelserver]\nbackend = "userspace"\n'
             "[limits]\ntunnels_per_user = 20000\nmax_tunnels = 100000\n"
+            "tunnels_per_ipv4 = 1000000\nsessions_per_second_per_ipv4 = 100000\n"
+            "session_burst_per_ipv4 = 100000\nhalf_open_per_ipv4 = 10000\n"
             "prefixes_per_user = 0\n"
             f'[sixxs]\nlisten = ["{a.broker_v4}"]\nheartbeat_interval = 10\n'
             '[web]\nlisten = ["127.0.0.1"]\n[logging]\nlevel = "WARNING"\n'
@@ -279,6 +303,26 @@ class Bench:
         got, _ = rx.communicate(timeout=30)
         return float(got.strip() or 0), float(sent.stdout.strip())
 
+    def udp_pps_under_signups(self, host: str) -> tuple[float, float]:
+        """v6udpv4 small-packet rate while ``cpub`` signs up anonymous tunnels over TCP."""
+        load = self.lab.popen(
+            "cpub",
+            "taskset",
+            "-c",
+            LOAD_CPU,
+            sys.executable,
+            "-c",
+            _SIGNUPS,
+            self.lab.addr.broker_v4,
+            str(self.seconds + 3),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.5)  # let the storm build up
+        pps, _ = self.udp_pps(host, 64)
+        out, _ = load.communicate(timeout=60)
+        return pps, float(out.strip() or 0)
+
     def tcp_mbps(self, host: str) -> float:
         target = self.lab.addr.inet6_v6
         rx = self.lab.popen(
@@ -372,6 +416,12 @@ def main() -> int:
                 c = b.client(host, *extra)
                 try:
                     results["paths"][name] = measure_path(b, host, args.runs)
+                    if name == "v6udpv4":
+                        under = [b.udp_pps_under_signups(host) for _ in range(args.runs)]
+                        results["under_signups"] = {
+                            "udp64_pps": median([p for p, _ in under]),
+                            "signups_per_second": median([s for _, s in under]),
+                        }
                 finally:
                     c.terminate()
                     c.wait(20)
@@ -431,6 +481,12 @@ def main() -> int:
             f"{name:10} {r['udp64_pps']:11.0f} {r['udp1400_pps']:12.0f} "
             f"{r['udp1400_mbps']:15.0f} {r['tcp_mbps']:11.0f} {r['ratio_udp64']:12.3f} "
             f"{r['ratio_tcp']:10.3f}"
+        )
+    u = results.get("under_signups")
+    if u:
+        print(
+            f"v6udpv4 64-byte under {u['signups_per_second']:.0f} TSP sign-ups/s: "
+            f"{u['udp64_pps']:.0f} pps"
         )
     for n, r in scale.items():
         print(
