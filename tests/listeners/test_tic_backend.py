@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,3 +89,48 @@ async def test_the_daemon_serves_tic(tmp_path: Path) -> None:
         assert result.tunnel.password == t.secret and result.tunnel.type == "ayiya"
         with pytest.raises(TicClientError):
             await fetch("127.0.0.1", "alice", "wrong password", port=d.tic_port, timeout=10)
+
+
+async def test_the_client_command_lists_and_shows_tunnels_over_tic(tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        {
+            "data_dir": str(tmp_path),
+            "tsp": {"enabled": False},
+            "tunnelserver": {"backend": "none"},
+            "web": {"enabled": False},
+            "sixxs": {"listen": ["127.0.0.1"], "heartbeat_port": 0, "tic_port": 0},
+        },
+    )
+    exe = str(Path(sys.executable).with_name("tunnelbroker"))
+    async with running(cfg) as d:
+        assert d.broker is not None and d.store is not None
+        alice = UserService(d.store, cfg.broker.realm).add("alice", "secretpass")
+        a = d.broker.create_tunnel(alice.id, ManagedRequest("ayiya"), NOW)
+        h = d.broker.create_tunnel(alice.id, ManagedRequest("heartbeat"), NOW)
+
+        async def run(*args: str) -> tuple[int, str, str]:
+            proc = await asyncio.create_subprocess_exec(
+                exe,
+                "client",
+                f"127.0.0.1:{d.tic_port}",
+                "--tic",
+                "--user",
+                "alice",
+                *args,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={"PATH": os.environ["PATH"], "TUNNELBROKER_PASSWORD": "secretpass"},
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            return proc.returncode or 0, out.decode(), err.decode()
+
+        code, out, err = await run("--list", "--json")
+        assert code == 0, err
+        assert [e["tunnel"] for e in json.loads(out)] == [f"T{a.id}", f"T{h.id}"]
+        code, out, err = await run("--tunnel", f"T{h.id}", "--json")
+        assert code == 0, err
+        shown = json.loads(out)
+        assert shown["tunnel_type"] == "heartbeat" and shown["server_ipv4"] == "192.0.2.1"
+        code, out, err = await run()  # two tunnels and none named: AICCU's rule, an error
+        assert code == 1 and err.startswith("error:")
