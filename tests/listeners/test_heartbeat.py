@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from tests.broker.test_service import Harness
+from tests.sixxs_config import sixxs_only
 
 from tunnelbroker.broker.model import ManagedRequest
-from tunnelbroker.config import load_config
 from tunnelbroker.daemon import running
 from tunnelbroker.listeners.heartbeat import HeartbeatService
 from tunnelbroker.protocols.heartbeat import HeartbeatDrop, build
@@ -112,16 +112,7 @@ def test_bad_beats_are_dropped_and_counted(h: Harness) -> None:
 
 
 async def test_over_udp_in_the_daemon(tmp_path: Path) -> None:
-    cfg = load_config(
-        None,
-        {
-            "data_dir": str(tmp_path),
-            "tsp": {"enabled": False},
-            "tunnelserver": {"backend": "none"},
-            "web": {"enabled": False},
-            "sixxs": {"listen": ["127.0.0.1"], "heartbeat_port": 0, "tic_port": 0},
-        },
-    )
+    cfg = sixxs_only(tmp_path)
     async with running(cfg) as d:
         assert d.broker is not None and d.store is not None and d.heartbeat is not None
         uid = d.store.add_user("alice", "x", "0" * 32, "r").id

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from tests.broker.test_service import NOW, Harness
+from tests.sixxs_config import sixxs_only
 
 from tunnelbroker.broker.model import ManagedRequest
 from tunnelbroker.broker.users import UserService
 from tunnelbroker.client.tic import TicClientError, fetch
-from tunnelbroker.config import load_config
 from tunnelbroker.daemon import running
 from tunnelbroker.listeners.tic_backend import BrokerTicBackend
 from tunnelbroker.protocols.tic.codec import list_line, parse_show, password_md5, show_lines
@@ -69,16 +69,7 @@ def test_accounts_tunnels_routes_and_pops(h: Harness) -> None:
 
 
 async def test_the_daemon_serves_tic(tmp_path: Path) -> None:
-    cfg = load_config(
-        None,
-        {
-            "data_dir": str(tmp_path),
-            "tsp": {"enabled": False},
-            "tunnelserver": {"backend": "none"},
-            "web": {"enabled": False},
-            "sixxs": {"listen": ["127.0.0.1"], "heartbeat_port": 0, "tic_port": 0},
-        },
-    )
+    cfg = sixxs_only(tmp_path)
     async with running(cfg) as d:
         assert d.broker is not None and d.store is not None and d.tic_port
         users = UserService(d.store, cfg.broker.realm)
@@ -92,16 +83,7 @@ async def test_the_daemon_serves_tic(tmp_path: Path) -> None:
 
 
 async def test_the_client_command_lists_and_shows_tunnels_over_tic(tmp_path: Path) -> None:
-    cfg = load_config(
-        None,
-        {
-            "data_dir": str(tmp_path),
-            "tsp": {"enabled": False},
-            "tunnelserver": {"backend": "none"},
-            "web": {"enabled": False},
-            "sixxs": {"listen": ["127.0.0.1"], "heartbeat_port": 0, "tic_port": 0},
-        },
-    )
+    cfg = sixxs_only(tmp_path)
     exe = str(Path(sys.executable).with_name("tunnelbroker"))
     async with running(cfg) as d:
         assert d.broker is not None and d.store is not None
