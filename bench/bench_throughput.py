@@ -15,6 +15,10 @@ data plane) and real ``tunnelbroker client --up`` processes, and measures, in on
   ``inet6`` counts what arrives; the figure is arrivals per second (the tunnels drop what they
   cannot forward, so arrivals are the forwarding rate).
 * **TCP Mbit/s** through each path: one connection, 64 KiB writes, for ``--seconds``.
+* **The tunnel server alone**: v6udpv4 packets made ready in advance and sent straight on a
+  negotiated tunnel's UDP flow (no client data plane in the way), counted at ``inet6``: the
+  server's decapsulation path on its own core; and the other way, ``inet6`` sending to a
+  negotiated client's address with the datagrams counted on its UDP flow (encapsulation).
 * **Per-packet cost with 1, 1,000 and 10,000 tunnels configured**: v6udpv4 small-packet rate
   with 0, 999 and 9,999 AYIYA tunnels (each with a /128 and a routed /64 in the forwarding
   table) restored from the store when the broker starts.
@@ -102,6 +106,81 @@ async def main():
     await asyncio.gather(*(worker(end, done) for _ in range(32)))
     print(len(done) / float(sys.argv[2]))
 asyncio.run(main())
+"""
+# The tunnel server alone: negotiate a v6udpv4 tunnel with the library, then send ready-made
+# IPv6 packets (1,024 different ones, 64-byte UDP payloads) straight on the tunnel's UDP flow,
+# without a client data plane in the way, for argv[3] seconds. Prints packets offered per second.
+_RAW_V6UDPV4 = """
+import asyncio, socket, sys, time
+from scapy.layers.inet6 import IPv6, UDP
+from tunnelbroker.client.tsp import negotiate
+async def get():
+    n = await negotiate(sys.argv[1], transport="udp", tunnel_type="v6udpv4", timeout=20)
+    ends = (n.flow.local, n.flow.remote)
+    n.close()  # on its own loop; the broker keeps the tunnel
+    await asyncio.sleep(0)
+    return n, ends
+n, (local, remote) = asyncio.run(get())
+pkts = [bytes(IPv6(src=n.client_ipv6, dst=sys.argv[2]) / UDP(sport=4000 + i, dport=9000)
+        / (b"x" * 64)) for i in range(1024)]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(local)
+s.connect(remote)
+print("ready", flush=True)
+sys.stdin.readline()
+end, sent = time.monotonic() + float(sys.argv[3]), 0
+while time.monotonic() < end:
+    for p in pkts:
+        try:
+            s.send(p); sent += 1
+        except OSError:
+            pass
+print(sent / float(sys.argv[3]))
+"""
+# The other direction: negotiate, then count what arrives on the tunnel's UDP flow for argv[2]
+# seconds after the first datagram; prints the client's tunnel address, then datagrams/s.
+_RAW_COUNT = """
+import asyncio, socket, sys, time
+from tunnelbroker.client.tsp import negotiate
+async def get():
+    n = await negotiate(sys.argv[1], transport="udp", tunnel_type="v6udpv4", timeout=20)
+    ends = (n.flow.local, n.flow.remote)
+    n.close()
+    await asyncio.sleep(0)
+    return n, ends
+n, (local, remote) = asyncio.run(get())
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+s.bind(local)
+s.connect(remote)
+s.send(b"\\x60" + b"\\0" * 39)  # anything from us keeps the mapping fresh
+print(n.client_ipv6, flush=True)
+s.settimeout(10)
+s.recv(2048)
+count, end = 1, time.monotonic() + float(sys.argv[2])
+s.settimeout(0.2)
+while time.monotonic() < end:
+    try:
+        s.recv(2048); count += 1
+    except TimeoutError:
+        pass
+print(count / float(sys.argv[2]), flush=True)
+"""
+# Runs in inet6: numbered 64-byte UDP datagrams to argv[1] for argv[2] seconds.
+_SENDER_TO = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+pad, dest = b"x" * 56, (sys.argv[1], 9000)
+end, sent = time.monotonic() + float(sys.argv[2]), 0
+while time.monotonic() < end:
+    for _ in range(200):
+        try:
+            s.sendto(sent.to_bytes(8, "big") + pad, dest); sent += 1
+        except OSError:
+            pass
+print(sent / float(sys.argv[2]))
 """
 _TCP_SINK = """
 import socket, sys, time
@@ -323,6 +402,80 @@ class Bench:
         out, _ = load.communicate(timeout=60)
         return pps, float(out.strip() or 0)
 
+    def server_only_pps(self) -> tuple[float, float]:
+        """Decapsulation by the tunnel server alone: v6udpv4 packets sent ready-made from
+        ``cpub`` on the tunnel's own flow, counted at the IPv6 host."""
+        target = self.lab.addr.inet6_v6
+        tx = self.lab.popen(
+            "cpub",
+            "taskset",
+            "-c",
+            LOAD_CPU,
+            sys.executable,
+            "-c",
+            _RAW_V6UDPV4,
+            self.lab.addr.broker_v4,
+            target,
+            str(self.seconds + 0.5),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert tx.stdout is not None and tx.stdin is not None
+        assert tx.stdout.readline().strip() == "ready"
+        rx = self.lab.popen(
+            "inet6",
+            "taskset",
+            "-c",
+            LOAD_CPU,
+            sys.executable,
+            "-c",
+            _RECEIVER,
+            target,
+            str(self.seconds),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
+        tx.stdin.write("go\n")
+        tx.stdin.flush()
+        got, _ = rx.communicate(timeout=30)
+        offered, _ = tx.communicate(timeout=30)
+        return float(got.strip() or 0), float(offered.strip() or 0)
+
+    def server_only_encap_pps(self) -> tuple[float, float]:
+        """Encapsulation by the tunnel server alone: ``inet6`` sends to a v6udpv4 client's
+        address; datagrams are counted on the tunnel's UDP flow (no client data plane)."""
+        rx = self.lab.popen(
+            "cpub",
+            "taskset",
+            "-c",
+            LOAD_CPU,
+            sys.executable,
+            "-c",
+            _RAW_COUNT,
+            self.lab.addr.broker_v4,
+            str(self.seconds),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert rx.stdout is not None
+        address = rx.stdout.readline().strip()
+        sent = self.lab.run(
+            "inet6",
+            "taskset",
+            "-c",
+            LOAD_CPU,
+            sys.executable,
+            "-c",
+            _SENDER_TO,
+            address,
+            str(self.seconds + 0.5),
+            timeout=60,
+        )
+        got, _ = rx.communicate(timeout=30)
+        return float(got.strip() or 0), float(sent.stdout.strip() or 0)
+
     def tcp_mbps(self, host: str) -> float:
         target = self.lab.addr.inet6_v6
         rx = self.lab.popen(
@@ -443,6 +596,14 @@ def main() -> int:
             finally:
                 c.terminate()
                 c.wait(20)
+            server = [b.server_only_pps() for _ in range(args.runs)]
+            encap = [b.server_only_encap_pps() for _ in range(args.runs)]
+            results["server_only"] = {
+                "udp64_pps": median([p for p, _ in server]),
+                "offered_pps": median([o for _, o in server]),
+                "encap_udp64_pps": median([p for p, _ in encap]),
+                "encap_offered_pps": median([o for _, o in encap]),
+            }
             results["rss_kib_base"] = b.broker_rss_kib()
         finally:
             b.stop_broker()
@@ -482,6 +643,15 @@ def main() -> int:
             f"{r['udp1400_mbps']:15.0f} {r['tcp_mbps']:11.0f} {r['ratio_udp64']:12.3f} "
             f"{r['ratio_tcp']:10.3f}"
         )
+    so = results["server_only"]
+    print(
+        f"tunnel server alone (v6udpv4 decapsulation): {so['udp64_pps']:.0f} pps "
+        f"of {so['offered_pps']:.0f} offered"
+    )
+    print(
+        f"tunnel server alone (v6udpv4 encapsulation): {so['encap_udp64_pps']:.0f} pps "
+        f"of {so['encap_offered_pps']:.0f} offered"
+    )
     u = results.get("under_signups")
     if u:
         print(

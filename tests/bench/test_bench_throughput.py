@@ -28,4 +28,5 @@ def test_quick_run_reports_every_figure(netns_ok: None, tmp_path: Path) -> None:
     for path in r["paths"].values():
         assert path["udp64_pps"] > 0 and path["udp1400_pps"] > 0 and path["tcp_mbps"] > 0
     assert set(r["scale"]) == {"1", "100"} and r["memory_per_tunnel_bytes"] > 0
+    assert r["server_only"]["udp64_pps"] > 0 and r["server_only"]["encap_udp64_pps"] > 0
     assert r["under_signups"]["udp64_pps"] > 0 and r["under_signups"]["signups_per_second"] > 0
