@@ -26,6 +26,8 @@ pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
 TUNNELBROKER = Path(sys.executable).with_name("tunnelbroker")
 USER, PASSWORD = "carol", "correct horse battery"
+#: A second account (same password), for a test that needs two clients with stable addresses.
+USER2 = "dave"
 #: Requested keepalive interval (s); the test broker allows it, so a dead path shows in ~6 s.
 KEEPALIVE = 2
 
@@ -136,18 +138,19 @@ heartbeat_interval = 10
 level = "DEBUG"
 """
     )
-    lab.run(
-        "broker",
-        str(TUNNELBROKER),
-        "user",
-        "add",
-        USER,
-        "--password-stdin",
-        "--config",
-        str(config),
-        input=PASSWORD + "\n",
-        timeout=30,
-    )
+    for user in (USER, USER2):
+        lab.run(
+            "broker",
+            str(TUNNELBROKER),
+            "user",
+            "add",
+            user,
+            "--password-stdin",
+            "--config",
+            str(config),
+            input=PASSWORD + "\n",
+            timeout=30,
+        )
     b = BrokerInLab(lab, config, tmp_path)
     b.start()
     try:
@@ -179,10 +182,15 @@ class Client:
 
 
 def start_client(
-    b: BrokerInLab, host: str, *args: str, account: bool = False, server: str | None = None
+    b: BrokerInLab,
+    host: str,
+    *args: str,
+    account: bool | str = False,
+    server: str | None = None,
 ) -> Client:
+    """``tunnelbroker client --up`` in ``host``; ``account`` is True for ``USER`` or a name."""
     out, err = b.tmp / f"client-{host}.out", b.tmp / f"client-{host}.err"
-    extra = ["--user", USER] if account else []
+    extra = ["--user", USER if account is True else account] if account else []
     with out.open("w") as stdout, err.open("w") as stderr:
         proc = b.lab.popen(
             host,
@@ -431,17 +439,25 @@ def test_spoofed_outer_and_inner_sources_are_dropped(broker: BrokerInLab) -> Non
 def test_broker_restart_restores_the_tunnels(broker: BrokerInLab) -> None:
     lab = broker.lab
     static = start_client(broker, "cpub", "--type", "v6v4", account=True)
+    udp = start_client(broker, "cnat", "--type", "v6udpv4", "--transport", "udp", account=USER2)
     (first,) = static.wait_connections(1, 30)
+    (first_udp,) = udp.wait_connections(1, 30)
     assert ping_until(lab, "cpub", lab.addr.inet6_v6, 10), static.err.read_text()
+    assert ping_until(lab, "cnat", lab.addr.inet6_v6, 10), udp.err.read_text()
     broker.restart()
     ready = [line for line in broker.log_path.read_text().splitlines() if "ready in" in line]
-    assert len(ready) == 2 and "1 live tunnels" in ready[-1]
+    assert len(ready) == 2 and "2 live tunnels" in ready[-1]
     # The data plane was rebuilt from the store: 6in4 flows again at once, same addresses.
     assert ping_until(lab, "cpub", lab.addr.inet6_v6, 10), static.err.read_text()
-    connections = static.connections()
-    assert all(x["client_ipv6"] == first["client_ipv6"] for x in connections)
+    assert all(x["client_ipv6"] == first["client_ipv6"] for x in static.connections())
     tcp_transfer(lab, "cpub")
+    # So does the UDP tunnel behind the NAT (restored too; a client that signed up again in a
+    # slow run would get the same address, which is what matters).
+    assert ping_until(lab, "cnat", lab.addr.inet6_v6, 30), udp.err.read_text()
+    assert all(x["client_ipv6"] == first_udp["client_ipv6"] for x in udp.connections())
+    tcp_transfer(lab, "cnat", port=5002)
     stop_client(static, lab, "cpub")
+    stop_client(udp, lab, "cnat")
 
 
 def test_tic_and_ayiya_behind_the_nat(broker: BrokerInLab) -> None:
