@@ -1,0 +1,1 @@
+"""asyncio listeners: TSP (UDP, TCP), TIC, heartbeat, and their mappings to the broker."""

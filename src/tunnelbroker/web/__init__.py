@@ -1,0 +1,1 @@
+"""The web broker: REST API, portal, ``/nic/update`` and configuration downloads."""
