@@ -253,6 +253,6 @@ async def test_configuration_downloads(http: httpx.AsyncClient) -> None:
     assert r.status_code == 404 and "unknown platform" in r.json()["error"]
     a = (await http.post("/api/v1/tunnels", json={"type": "ayiya"}, headers=auth)).json()
     r = await http.get(f"/api/v1/tunnels/{a['id']}/config/linux", headers=auth)
-    assert r.status_code == 400 and "cannot run a ayiya tunnel" in r.json()["error"]
+    assert r.status_code == 400 and "cannot run AYIYA tunnels" in r.json()["error"]
     r = await http.get(f"/api/v1/tunnels/{a['id']}/config/aiccu", headers=auth)
     assert r.status_code == 200 and f"tunnel_id T{a['id']}" in r.text and "username alice" in r.text

@@ -28,12 +28,18 @@ from tunnelbroker.broker.model import BrokerError, ManagedRequest, Refusal
 from tunnelbroker.broker.service import Broker
 from tunnelbroker.broker.users import UserService
 from tunnelbroker.config import Config
-from tunnelbroker.configs import ConfigError, Platform, Rendered, TunnelParams, platforms_for
-from tunnelbroker.configs import render as render_config
 from tunnelbroker.metrics import BrokerCollector, Figures
 from tunnelbroker.store import Store, UserRecord
 from tunnelbroker.web import nic
 from tunnelbroker.web.auth import Authenticator, new_token, parse_basic, parse_bearer
+from tunnelbroker.web.configs import (
+    ConfigError,
+    Platform,
+    Rendered,
+    TunnelConfigInput,
+    platforms_for,
+)
+from tunnelbroker.web.configs import render as render_config
 from tunnelbroker.web.schemas import (
     ErrorOut,
     StatusOut,
@@ -108,7 +114,7 @@ class WebContext:
     def render_config(self, tunnel: TunnelOut, platform: str, username: str, host: str) -> Rendered:
         """The configuration download. Raises ConfigError (unknown platform, a tunnel the
         platform cannot run, a static tunnel without its endpoint...)."""
-        params = TunnelParams.make(
+        params = TunnelConfigInput.make(
             tunnel_id=tunnel.id,
             kind=tunnel.type,
             server_ipv4=tunnel.server_ipv4 or self.config.broker.server_ipv4,
@@ -119,7 +125,7 @@ class WebContext:
             mtu=tunnel.mtu,
             broker_host=host,
             username=username,
-            name=tunnel.name,
+            description=tunnel.name,
         )
         return render_config(platform, params)
 

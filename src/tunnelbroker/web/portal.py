@@ -25,10 +25,10 @@ from starlette.datastructures import FormData
 
 from tunnelbroker.broker.model import BrokerError, ManagedRequest
 from tunnelbroker.broker.users import InvalidPassword, InvalidUsername, validate_username
-from tunnelbroker.configs import ConfigError
 from tunnelbroker.store import StoreError, UserExists, UserRecord
 from tunnelbroker.web.app import WebContext, broker_host, client_address
 from tunnelbroker.web.auth import new_token
+from tunnelbroker.web.configs import ConfigError
 from tunnelbroker.web.errors import PortalError
 from tunnelbroker.web.schemas import TunnelOut
 from tunnelbroker.web.sessions import (
