@@ -343,3 +343,26 @@ def test_reinstalling_an_ayiya_tunnel_keeps_its_replay_window() -> None:
     changed, _ = _ayiya_pair("a new secret")
     c.add(changed, 3.0)  # a new secret starts afresh
     assert changed.ayiya is not again.ayiya
+
+
+def test_only_a_newer_ayiya_datagram_moves_the_endpoint() -> None:
+    c = ForwardingCore()
+    c.wall_offset = 1_800_000_000.0
+    state, client = _ayiya_pair()
+    c.add(state, 0.0)
+    inner = udp6("2001:db8:8000:7::2", INTERNET)
+    first = client.forward(inner, 1_800_000_005.0)
+    assert c.from_ayiya(first, ("203.0.113.5", 40000), 5.0) == [(Out.TUN, inner, None)]
+    # Another datagram of the same second from elsewhere (what a replay of anything the
+    # client sent would be at best) forwards nothing and moves nothing.
+    other = client.forward(udp6("2001:db8:8000:7::2", INTERNET, 65), 1_800_000_005.0)
+    assert c.from_ayiya(other, ("198.51.100.66", 1), 5.5) == []
+    assert c.ayiya_drops[AyiyaDrop.STALE_MOVE] == 1 and state.remote == "203.0.113.5"
+    # From the endpoint itself the same second is fine, and older ones too (clock steps).
+    assert c.from_ayiya(other, ("203.0.113.5", 40000), 5.5) != []
+    older = client.forward(udp6("2001:db8:8000:7::2", INTERNET, 66), 1_800_000_001.0)
+    assert c.from_ayiya(older, ("203.0.113.5", 40000), 5.6) != []
+    # The client's next second, from a new NAT mapping, moves the tunnel.
+    newer = client.noop(1_800_000_006.0)
+    assert c.from_ayiya(newer, ("203.0.113.5", 40002), 6.0) == []
+    assert state.port == 40002 and c.learned[-1] == (7, "203.0.113.5", 40002)

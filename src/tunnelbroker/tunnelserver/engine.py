@@ -283,24 +283,28 @@ class ForwardingCore:
         """An AYIYA datagram from ``addr`` to the AYIYA port.
 
         A valid one (the tunnel found by its identity, then clock, signature, replay) moves
-        the tunnel to ``addr`` if it came from elsewhere (sixxsd's endpoint learning) and
+        the tunnel to ``addr`` if it came from elsewhere and is newer than every datagram
+        accepted before (sixxsd's endpoint learning, safe from replays), and
         proves it alive; a Forward carries an IPv6 packet, filtered like any other.
         """
         decoded = decode(datagram)
         if isinstance(decoded, AyiyaDrop):
             return self._ayiya_drop(decoded)
-        t = self._by_identity.get(decoded.identity.packed)
+        t = self._by_identity.get(decoded.identity_packed)
         if t is None or t.ayiya is None:
             return self._ayiya_drop(AyiyaDrop.UNKNOWN_IDENTITY)
-        checked = t.ayiya.verify(decoded, now + self.wall_offset)
+        # Only a datagram newer than all before may move a known endpoint: no replay is.
+        moving = bool(t.remote) and t._remote_key != addr
+        checked = t.ayiya.verify(decoded, now + self.wall_offset, moving=moving)
         if isinstance(checked, AyiyaDrop):
             return self._ayiya_drop(checked)
-        if (t.remote, t.port) != addr:
+        if t._remote_key != addr:
             t.remote, t.port = addr
             t._remote_key = addr
             self.learned.append((t.tunnel_id, addr[0], addr[1]))
         t.last_seen = now
-        if not checked.forwards or checked.opcode is OpCode.NOOP:
+        op = checked.opcode
+        if op is not OpCode.FORWARD and op is not OpCode.ECHO_REQUEST_FORWARD:
             return []
         if checked.next_header != NEXT_HEADER_IPV6:
             self.drops[Drop.WRONG_FAMILY] += 1

@@ -17,6 +17,7 @@ from tunnelbroker.protocols.ayiya import (
     AyiyaPacket,
     DynamicEndpoint,
     OpCode,
+    ReplayCache,
     ReplayWindow,
     Role,
     Verdict,
@@ -182,13 +183,74 @@ def test_replay_window_full_second() -> None:
         ReplayWindow(capacity=0)
 
 
-def test_full_replay_window_is_a_drop_reason() -> None:
-    client = AyiyaLink("tunnelpw", role=Role.CLIENT, local=CLIENT, remote=POP)
-    server = AyiyaLink(
-        "tunnelpw", role=Role.SERVER, local=POP, remote=CLIENT, replay=ReplayWindow(capacity=2)
-    )
-    results = [server.receive(client.forward(ipv6(i), T), T) for i in range(3)]
-    assert results[2] is AyiyaDrop.REPLAY_WINDOW_FULL
+def test_a_busy_tunnel_is_never_stopped_by_its_replay_cache() -> None:
+    """More datagrams in one second than any window could hold all pass, in 8 KiB."""
+    client, server = pair()
+    n = 40_000
+    results = [server.receive(client.forward(ipv6(i), T), T) for i in range(n)]
+    assert all(isinstance(r, AyiyaPacket) for r in results)
+    assert server.replay.slots == 1024 and len(server.replay) <= 1024
+    assert server.replay.newest == T
+
+
+def test_replays_of_recent_datagrams_are_caught_in_a_busy_flow() -> None:
+    client, server = pair()
+    sent = [client.forward(ipv6(i), T) for i in range(2000)]
+    for d in sent:
+        assert isinstance(server.receive(d, T), AyiyaPacket)
+    # A datagram is caught while no later one took its slot: the last one always, and
+    # nearly all of the last 20 (each of 1,024 slots is hit with chance 1/1024 per datagram).
+    assert server.receive(sent[-1], T + 1) is AyiyaDrop.REPLAYED
+    again = [server.receive(d, T + 1) for d in sent[-20:]]
+    assert sum(r is AyiyaDrop.REPLAYED for r in again) >= 18
+    # What was not caught is delivered as the duplicate IP packet it is.
+    assert all(r is AyiyaDrop.REPLAYED or isinstance(r, AyiyaPacket) for r in again)
+
+
+def test_a_replay_from_elsewhere_cannot_move_the_tunnel() -> None:
+    client, server = pair()
+    old = client.forward(ipv6(1), T)
+    assert isinstance(server.receive(old, T), AyiyaPacket)
+    # Evicted from the table by later traffic, the old datagram no longer looks replayed, but
+    # from a new address it is not newer than what was accepted: it cannot move the tunnel.
+    for i in range(5000):
+        server.receive(client.forward(ipv6(i + 2), T + 2), T + 2)
+    packet = decode(old)
+    assert isinstance(packet, AyiyaPacket) and not server.replay.seen(packet.signature)
+    assert server.verify(packet, T + 2, moving=True) is AyiyaDrop.STALE_MOVE
+    # Same second as the newest is not newer either (a NAT rebinding waits for the next one).
+    same = decode(client.forward(ipv6(9000), T + 2))
+    assert isinstance(same, AyiyaPacket)
+    assert server.verify(same, T + 2, moving=True) is AyiyaDrop.STALE_MOVE
+    # A genuinely newer datagram moves it; from the endpoint itself old epochs still pass.
+    newer = decode(client.noop(T + 3))
+    assert isinstance(newer, AyiyaPacket)
+    assert server.verify(newer, T + 3, moving=True) is newer
+    late = decode(client.forward(ipv6(9001), T - 50))
+    assert isinstance(late, AyiyaPacket) and server.verify(late, T + 3) is late
+
+
+def test_replay_cache_arguments() -> None:
+    for bad in (0, 3, 65537 * 2):
+        with pytest.raises(ValueError):
+            ReplayCache(bad)
+    cache = ReplayCache(1)
+    assert len(cache) == 0 and not cache.seen(b"a" * 20)
+    assert cache.check_and_record(T, b"a" * 20) is Verdict.ACCEPTED
+    assert cache.check_and_record(T, b"a" * 20) is Verdict.REPLAYED
+    assert cache.check_and_record(T - 5, b"b" * 20) is Verdict.ACCEPTED  # evicts "a"
+    assert cache.newest == T and len(cache) == 1 and not cache.seen(b"a" * 20)
+
+
+@given(st.lists(st.binary(min_size=20, max_size=20), max_size=300))
+def test_replay_cache_never_accepts_a_digest_still_held(digests: list[bytes]) -> None:
+    cache = ReplayCache(16)
+    for d in digests:
+        held = cache.seen(d)
+        verdict = cache.check_and_record(T, d)
+        assert (verdict is Verdict.REPLAYED) is held
+        assert cache.seen(d) or d[:8] == bytes(8)
+    assert len(cache) <= 16
 
 
 @given(st.lists(st.tuples(st.integers(-130, 130), st.integers(0, 5)), max_size=60))

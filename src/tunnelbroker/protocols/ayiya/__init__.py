@@ -33,7 +33,7 @@ from tunnelbroker.protocols.ayiya.messages import (
     IdentityType,
     OpCode,
 )
-from tunnelbroker.protocols.ayiya.replay import CLOCK_WINDOW, ReplayWindow, Verdict
+from tunnelbroker.protocols.ayiya.replay import CLOCK_WINDOW, ReplayCache, ReplayWindow, Verdict
 from tunnelbroker.protocols.ayiya.verify import AyiyaLink, Role, verify
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "Header",
     "IdentityType",
     "OpCode",
+    "ReplayCache",
     "ReplayWindow",
     "Role",
     "Verdict",

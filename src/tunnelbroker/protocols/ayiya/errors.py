@@ -36,9 +36,8 @@ class AyiyaDrop(Enum):
     CLOCK_SKEW = "clock_skew"
     #: The SHA-1 signature does not match the tunnel secret.
     BAD_SIGNATURE = "bad_signature"
-    #: This exact datagram was accepted before.
+    #: This exact datagram was accepted before (and is still in the replay cache).
     REPLAYED = "replayed"
-    #: Older than what the replay window still remembers (after it had to shed entries).
-    STALE = "stale"
-    #: The replay window is full for the current second: the tunnel exceeds its packet rate.
-    REPLAY_WINDOW_FULL = "replay_window_full"
+    #: From an address other than the tunnel's endpoint, but not newer than every datagram
+    #: accepted so far: a replayed datagram must not move the tunnel (docs/sixxs.md).
+    STALE_MOVE = "stale_move"

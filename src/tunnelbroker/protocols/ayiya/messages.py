@@ -55,7 +55,9 @@ HEADER_SIZE = FIXED_HEADER_SIZE + IDENTITY_SIZE + SIGNATURE_SIZE
 PORT = 5072
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per datagram on the data plane's path, and a frozen dataclass's
+# __init__ costs a call per field. Nothing mutates it.
+@dataclass(slots=True)
 class AyiyaPacket:
     """One decoded datagram of the SHA-1/IPv6-identity profile.
 
@@ -66,10 +68,15 @@ class AyiyaPacket:
     opcode: OpCode
     next_header: int
     epoch: int
-    identity: ipaddress.IPv6Address
+    #: The sender's identity as sent: its tunnel IPv6 address, 16 bytes.
+    identity_packed: bytes
     signature: bytes
     payload: bytes
     signed: bytes = field(repr=False, compare=False)
+
+    @property
+    def identity(self) -> ipaddress.IPv6Address:
+        return ipaddress.IPv6Address(self.identity_packed)
 
     @property
     def forwards(self) -> bool:

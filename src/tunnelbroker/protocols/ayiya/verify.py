@@ -10,18 +10,30 @@ authentic datagrams are remembered):
 3. the identity is the peer's tunnel address (a PoP first finds the tunnel by it);
 4. ``|now - epoch| <= 120`` s;
 5. the SHA-1 signature;
-6. the datagram was not accepted before (:class:`~.replay.ReplayWindow`).
+6. the datagram was not accepted before (:class:`~.replay.ReplayCache`), and one from a new
+   address is newer than every datagram accepted so far (it would move the tunnel).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 from enum import Enum
 
 from tunnelbroker.protocols.ayiya import codec
 from tunnelbroker.protocols.ayiya.errors import AyiyaDrop
-from tunnelbroker.protocols.ayiya.messages import AyiyaPacket, OpCode
-from tunnelbroker.protocols.ayiya.replay import CLOCK_WINDOW, ReplayWindow, Verdict
+from tunnelbroker.protocols.ayiya.messages import (
+    FIXED_HEADER_SIZE,
+    IDENTITY_SIZE,
+    SIGNATURE_SIZE,
+    AyiyaPacket,
+    OpCode,
+)
+from tunnelbroker.protocols.ayiya.replay import CLOCK_WINDOW, ReplayCache, Verdict
+
+_SIG_START = FIXED_HEADER_SIZE + IDENTITY_SIZE
+_SIG_END = _SIG_START + SIGNATURE_SIZE
 
 
 class Role(Enum):
@@ -38,12 +50,6 @@ _ACCEPTED_OPCODES = {
     Role.CLIENT: frozenset({OpCode.FORWARD, OpCode.ECHO_REQUEST, OpCode.ECHO_REQUEST_FORWARD}),
 }
 
-_REPLAY_DROPS = {
-    Verdict.REPLAYED: AyiyaDrop.REPLAYED,
-    Verdict.STALE: AyiyaDrop.STALE,
-    Verdict.FULL: AyiyaDrop.REPLAY_WINDOW_FULL,
-}
-
 
 def verify(
     packet: AyiyaPacket,
@@ -52,28 +58,59 @@ def verify(
     *,
     role: Role,
     peer_identity: ipaddress.IPv6Address,
-    replay: ReplayWindow | None = None,
+    replay: ReplayCache | None = None,
     clock_window: int = CLOCK_WINDOW,
+    moving: bool = False,
 ) -> AyiyaPacket | AyiyaDrop:
     """Check a decoded datagram from the peer whose tunnel address is ``peer_identity``.
 
     Args:
         key: ``SHA1(tunnel secret)`` (:func:`~.codec.signing_key`).
         now: the current time, epoch seconds.
-        replay: the tunnel's replay window; None checks the clock only (sixxsd's behaviour).
+        replay: the tunnel's replay cache; None checks the clock only (sixxsd's behaviour).
+        moving: the datagram comes from an address other than the tunnel's endpoint, and
+            would move it there if accepted: it must then be newer than every datagram the
+            cache accepted before.
     """
-    if packet.opcode not in _ACCEPTED_OPCODES[role]:
+    return _check(
+        packet,
+        key,
+        now,
+        _ACCEPTED_OPCODES[role],
+        peer_identity.packed,
+        replay,
+        clock_window,
+        moving,
+    )
+
+
+def _check(
+    packet: AyiyaPacket,
+    key: bytes,
+    now: float,
+    opcodes: frozenset[OpCode],
+    peer: bytes,
+    replay: ReplayCache | None,
+    clock_window: int,
+    moving: bool,
+) -> AyiyaPacket | AyiyaDrop:
+    if packet.opcode not in opcodes:
         return AyiyaDrop.BAD_OPCODE
-    if packet.identity != peer_identity:
+    if packet.identity_packed != peer:
         return AyiyaDrop.WRONG_IDENTITY
     if abs(now - packet.epoch) > clock_window:
         return AyiyaDrop.CLOCK_SKEW
-    if not codec.signature_valid(packet, key):
+    # codec.signature_valid, inlined: this runs once per datagram on the data plane.
+    signed = packet.signed
+    h = hashlib.sha1(signed[:_SIG_START])
+    h.update(key)
+    h.update(signed[_SIG_END:])
+    if not hmac.compare_digest(h.digest(), packet.signature):
         return AyiyaDrop.BAD_SIGNATURE
     if replay is not None:
-        verdict = replay.check_and_record(packet.epoch, packet.signature)
+        verdict = replay.check_and_record(packet.epoch, packet.signature, moving)
         if verdict is not Verdict.ACCEPTED:
-            return _REPLAY_DROPS[verdict]
+            return AyiyaDrop.REPLAYED if verdict is Verdict.REPLAYED else AyiyaDrop.STALE_MOVE
     return packet
 
 
@@ -92,15 +129,18 @@ class AyiyaLink:
         role: Role,
         local: ipaddress.IPv6Address,
         remote: ipaddress.IPv6Address,
-        replay: ReplayWindow | None = None,
+        replay: ReplayCache | None = None,
         clock_window: int = CLOCK_WINDOW,
     ) -> None:
         self.role = role
         self.local = local
         self.remote = remote
         self.key = codec.signing_key(secret)
-        self.replay = replay if replay is not None else ReplayWindow(2 * clock_window)
+        self.replay = replay if replay is not None else ReplayCache()
         self.clock_window = clock_window
+        self._opcodes = _ACCEPTED_OPCODES[role]
+        self._local = local.packed
+        self._remote = remote.packed
 
     def receive(self, datagram: bytes, now: float) -> AyiyaPacket | AyiyaDrop:
         """Decode and verify a datagram from the peer."""
@@ -109,22 +149,28 @@ class AyiyaLink:
             return packet
         return self.verify(packet, now)
 
-    def verify(self, packet: AyiyaPacket, now: float) -> AyiyaPacket | AyiyaDrop:
-        """Verify an already decoded datagram (a PoP decodes first to find the link)."""
-        return verify(
+    def verify(
+        self, packet: AyiyaPacket, now: float, *, moving: bool = False
+    ) -> AyiyaPacket | AyiyaDrop:
+        """Verify an already decoded datagram (a PoP decodes first to find the link).
+
+        ``moving``: see :func:`verify`.
+        """
+        return _check(
             packet,
             self.key,
             now,
-            role=self.role,
-            peer_identity=self.remote,
-            replay=self.replay,
-            clock_window=self.clock_window,
+            self._opcodes,
+            self._remote,
+            self.replay,
+            self.clock_window,
+            moving,
         )
 
     def forward(self, payload: bytes, now: float) -> bytes:
         """A signed Forward datagram carrying ``payload`` (an IPv6 or IPv4 packet)."""
-        return codec.build_forward(self.local, self.key, payload, now)
+        return codec.build_forward(self._local, self.key, payload, now)
 
     def noop(self, now: float) -> bytes:
         """A signed NOOP keepalive (clients only: AICCU drops NOOPs from the PoP)."""
-        return codec.build_noop(self.local, self.key, now)
+        return codec.build_noop(self._local, self.key, now)
