@@ -119,6 +119,7 @@ class Daemon:
                 config.tsp.port,
                 data_handler=data_handler,
                 receive_buffer=config.tsp.udp_receive_buffer,
+                udp_reader=self.dataplane,
             )
             if self.dataplane is not None:
                 self.dataplane.set_udp_sender(self._send_v6udpv4)
@@ -253,6 +254,7 @@ class Daemon:
         if dp is None or broker is None:
             return 0
         wall, mono = time.time(), time.monotonic()
+        dp.fold_counters()
         with dp._lock:
             states = (
                 [s for s in (dp.core.get(i) for i in ids) if s is not None]
@@ -337,6 +339,7 @@ class Daemon:
             f.tsp_tunnels_accepted = self.tsp.tunnels_accepted
         dp = self.dataplane
         if dp is not None:
+            dp.fold_counters()
             with dp._lock:
                 f.drops = {d.name.lower(): n for d, n in dp.core.drops.items()}
                 f.drops.update({f"ayiya_{d.value}": n for d, n in dp.core.ayiya_drops.items()})
@@ -363,6 +366,7 @@ class Daemon:
         dp = self.dataplane
         if dp is None:
             return None
+        dp.fold_counters()
         with dp._lock:
             t = dp.core.get(tunnel_id)
             if t is None:

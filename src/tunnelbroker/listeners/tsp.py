@@ -22,7 +22,7 @@ from tunnelbroker.broker.model import BrokerError, Requester
 from tunnelbroker.broker.service import Broker, Offer
 from tunnelbroker.broker.users import UserService
 from tunnelbroker.listeners.tsp_mapping import REFUSAL_CODES, family_of, to_offer, to_request
-from tunnelbroker.listeners.udp_endpoint import PktinfoEndpoint
+from tunnelbroker.listeners.udp_endpoint import PktinfoEndpoint, UdpReader
 from tunnelbroker.protocols.tsp import framing
 from tunnelbroker.protocols.tsp.errors import DecodeError, RemoteProtocolError, StatusCode
 from tunnelbroker.protocols.tsp.events import (
@@ -555,8 +555,12 @@ async def start_tsp(
     port: int,
     data_handler: Callable[[bytes, tuple[str, int]], None] | None = None,
     receive_buffer: int = 0,
+    udp_reader: UdpReader | None = None,
 ) -> tuple[list[PktinfoEndpoint], list[asyncio.Server], int]:
     """Start UDP and TCP listeners on every host; returns them and the port for shutdown.
+
+    ``udp_reader`` (the tunnel server's fast path) may take over reading the UDP sockets: it
+    forwards v6udpv4 data itself and hands signalling back (see PktinfoEndpoint).
 
     Port 0 picks a free port (for tests): the first UDP socket's, then used everywhere; if
     that number is taken for TCP or on another address, another is tried. On failure nothing
@@ -565,7 +569,9 @@ async def start_tsp(
     attempts = 20 if port == 0 else 1
     for attempt in range(attempts):
         try:
-            return await _start_tsp_once(service, hosts, port, data_handler, receive_buffer)
+            return await _start_tsp_once(
+                service, hosts, port, data_handler, receive_buffer, udp_reader
+            )
         except OSError as e:
             if e.errno != errno.EADDRINUSE or attempt == attempts - 1:
                 raise
@@ -578,6 +584,7 @@ async def _start_tsp_once(
     port: int,
     data_handler: Callable[[bytes, tuple[str, int]], None] | None,
     receive_buffer: int,
+    udp_reader: UdpReader | None = None,
 ) -> tuple[list[PktinfoEndpoint], list[asyncio.Server], int]:
     loop = asyncio.get_running_loop()
     udp: list[PktinfoEndpoint] = []
@@ -592,7 +599,9 @@ async def _start_tsp_once(
                 protocol = TspUdpProtocol(service, ipv6, data_handler)
                 # With a tunnel server, v6udpv4 data is read off the event loop (see
                 # PktinfoEndpoint); the protocol then only ever sees signalling.
-                endpoint = PktinfoEndpoint(usock, protocol, data_sink=data_handler)
+                endpoint = PktinfoEndpoint(
+                    usock, protocol, data_sink=data_handler, reader=udp_reader
+                )
             except BaseException:
                 usock.close()
                 raise

@@ -10,6 +10,9 @@ With a ``data_sink`` (the tunnel server, for v6udpv4) the socket is read by a th
 own instead of the event loop: datagrams whose first nibble is 6 (tunnelled IPv6) go straight
 to the sink from that thread, and only signalling is handed to the loop. Forwarding then never
 waits for a busy loop (TSP sign-ups, the web, the database).
+
+With a ``reader`` that adopts the socket (the tunnel server's C fast path) no Python thread
+reads it at all: the reader forwards the data itself and hands signalling back in batches.
 """
 
 from __future__ import annotations
@@ -37,6 +40,21 @@ _IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 
 
+#: A datagram handed back by a reader: (data, source, our address or None).
+Datagram = tuple[bytes, tuple[str, int], str | None]
+
+
+class UdpReader(Protocol):
+    """Something that reads a UDP socket on a thread of its own (the C fast path)."""
+
+    def adopt_udp(self, sock: socket.socket, deliver: Callable[[list[Datagram]], None]) -> bool:
+        """Read ``sock`` from now on and pass what is not tunnelled data to ``deliver`` (from
+        any thread). False: not taken, the endpoint reads it itself."""
+
+    def release_udp(self, sock: socket.socket) -> None:
+        """Stop reading ``sock``; it is closed right after this returns."""
+
+
 class DatagramReceiver(Protocol):
     def datagram_received_on(self, data: bytes, addr: tuple[str, int], local: str | None) -> None:
         """A datagram from ``addr`` to our address ``local`` (None if unknown)."""
@@ -50,6 +68,7 @@ class PktinfoEndpoint:
         sock: socket.socket,
         receiver: DatagramReceiver,
         data_sink: Callable[[bytes, tuple[str, int]], None] | None = None,
+        reader: UdpReader | None = None,
     ) -> None:
         self._sock = sock
         self._receiver = receiver
@@ -63,7 +82,10 @@ class PktinfoEndpoint:
         self.send_errors = 0
         self._sink = data_sink
         self._thread: threading.Thread | None = None
-        if data_sink is None:
+        self._reader: UdpReader | None = None
+        if reader is not None and reader.adopt_udp(sock, self._from_reader):
+            self._reader = reader
+        elif data_sink is None:
             self._loop.add_reader(sock.fileno(), self._readable)
         else:
             self._wake_r, self._wake_w = os.pipe()
@@ -89,7 +111,9 @@ class PktinfoEndpoint:
         if self._closed:
             return
         self._closed = True
-        if self._thread is None:
+        if self._reader is not None:
+            self._reader.release_udp(self._sock)
+        elif self._thread is None:
             self._loop.remove_reader(self._sock.fileno())
         else:
             os.write(self._wake_w, b"x")
@@ -184,6 +208,15 @@ class PktinfoEndpoint:
                     self._loop.call_soon_threadsafe(self._deliver, signalling)
                 except RuntimeError:
                     return  # the loop is closed: we are shutting down
+
+    def _from_reader(self, batch: list[Datagram]) -> None:
+        """Signalling from the adopting reader's thread: on to the loop."""
+        if self._closed:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, batch)
+        except RuntimeError:
+            pass  # the loop is closed: we are shutting down
 
     def _deliver(self, batch: list[tuple[bytes, tuple[str, int], str | None]]) -> None:
         for data, addr, local in batch:

@@ -65,6 +65,8 @@ class Drop(Enum):
     WRONG_FAMILY = "wrong address family for the tunnel"
     NO_ENDPOINT = "the tunnel's endpoint is not known yet (no AYIYA packet from it)"
     BAD_AYIYA = "an AYIYA datagram that failed its checks (counted by reason apart)"
+    #: Only with the C fast path: its queue to the Python slow path was full.
+    OVERLOAD = "the slow path's queue was full (C fast path)"
 
 
 class Encap(Enum):

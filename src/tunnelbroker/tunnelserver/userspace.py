@@ -11,9 +11,15 @@ Sockets:
   inner IPv6 packet follows the IPv4 header, and we send bare IPv6 payloads that the kernel
   wraps in an IPv4 header from ``server_ipv4``;
 * a raw IPv6 socket for next header 4 (v4v6): payloads only, the outer source from recvfrom;
-* the TSP UDP socket(s) for v6udpv4: datagrams whose first nibble is 6 are handed here by the
-  TSP listener (:meth:`from_udp`), and we send on the same socket so the client's NAT mapping
+* the TSP UDP socket(s) for v6udpv4: we send on the same socket so the client's NAT mapping
   and connected socket see the flow they signalled on.
+
+With the C fast path (``_fastpath.c``, see docs/dataplane.md) a C thread without the GIL owns
+the TUN, the protocol-41 socket and the IPv4 TSP sockets (:meth:`adopt_udp`): it forwards the
+common case itself and punts the rest to this module's thread, which runs it through the
+:class:`ForwardingCore` exactly as without the fast path, and hands TSP signalling back to the
+listener. Without the extension everything runs here in Python (one warning says so), and the
+TSP listener hands v6udpv4 data in through :meth:`from_udp`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tunnelbroker.tunnelserver import fastpath
 from tunnelbroker.tunnelserver.engine import Expired, ForwardingCore, Out, Output, TunnelState
 from tunnelbroker.tunnelserver.tun import TunDevice
 
@@ -37,6 +44,12 @@ log = logging.getLogger(__name__)
 
 _BATCH = 64
 _EXPIRY_EVERY = 1.0
+#: Punts taken per call, and calls per wake-up before other work gets a turn.
+_PUNT_BATCH = 256
+_PUNT_ROUNDS = 8
+
+#: Signalling datagrams handed back to a listener: (data, source, our address or None).
+Datagram = tuple[bytes, tuple[str, int], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +67,8 @@ class DataPlaneConfig:
     routes: tuple[str, ...] = ()
     #: AYIYA (SixXS) on this UDP port of ``server_ipv4``; None: no AYIYA. 0 picks a port.
     ayiya_port: int | None = None
+    #: Forward the common case in C when the extension is built (False: always Python).
+    fast_path: bool = True
 
 
 def _raw_socket(family: int, proto: int, address: str) -> socket.socket:
@@ -122,6 +137,13 @@ class UserspaceDataPlane:
         self._stopping = False
         self._lock = threading.Lock()
         self.send_errors = 0
+        #: The C fast path while it runs; None: every packet goes through Python.
+        self.fast: fastpath.FastPath | None = None
+        #: Where signalling read by the fast path goes, by its socket index.
+        self._udp_deliver: dict[int, Callable[[list[Datagram]], None]] = {}
+        self._udp_index: dict[int, int] = {}
+        self._punts_pending = False
+        self._fast_dead = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -139,17 +161,27 @@ class UserspaceDataPlane:
             self._ayiya = _ayiya_socket(cfg.server_ipv4 or "0.0.0.0", cfg.ayiya_port)
             self.ayiya_port = self._ayiya.getsockname()[1]
         self.core.wall_offset = time.time() - time.monotonic()
+        module = fastpath.load() if cfg.fast_path else None
+        if module is not None:
+            self.fast = fastpath.FastPath(
+                module, self._tun.fds[0], self._raw41.fileno() if self._raw41 else -1
+            )
+            self.fast.start()
         self._thread = threading.Thread(target=self._run, name="tb-dataplane", daemon=True)
         self._thread.start()
         log.info(
-            "userspace data plane up: TUN %s, routes %s",
+            "userspace data plane up: TUN %s, routes %s, %s",
             self._tun.name,
             ", ".join(cfg.routes) or "-",
+            "C fast path" if self.fast is not None else "pure Python forwarding",
         )
 
     def stop(self) -> None:
         self._stopping = True
         self._wake()
+        if self.fast is not None:
+            # First: the C thread reads descriptors that are closed below.
+            self.fast.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -179,11 +211,46 @@ class UserspaceDataPlane:
     def add_tunnel(self, state: TunnelState) -> None:
         """Install a tunnel now: the client's first packet follows its accept at once."""
         with self._lock:
+            if self.fast is not None:
+                self.fast.fold(self.core)
             self.core.add(state, time.monotonic())
+            if self.fast is not None:
+                self.fast.install(state)
 
     def remove_tunnel(self, tunnel_id: int) -> None:
         with self._lock:
+            if self.fast is not None:
+                self.fast.remove(tunnel_id, self.core)
             self.core.remove(tunnel_id)
+
+    def fold_counters(self) -> None:
+        """Bring the core's counters, last-seen times and drops up to date with the fast path
+        (call before reading them under :attr:`_lock`)."""
+        if self.fast is not None:
+            with self._lock:
+                self.fast.fold(self.core)
+
+    def adopt_udp(self, sock: socket.socket, deliver: Callable[[list[Datagram]], None]) -> bool:
+        """Let the fast path read this TSP socket: v6udpv4 data is forwarded in C, signalling
+        goes to ``deliver`` (from the data plane's thread, in batches). False: not taken (no
+        fast path, or not IPv4); the listener reads it itself."""
+        if self.fast is None or sock.family != socket.AF_INET:
+            return False
+        with self._lock:
+            index = self.fast.add_udp(sock)
+            self._udp_deliver[index] = deliver
+            self._udp_index[sock.fileno()] = index
+        return True
+
+    def release_udp(self, sock: socket.socket) -> None:
+        """The fast path stops reading ``sock``; the caller may close it on return."""
+        if self.fast is None:
+            return
+        with self._lock:
+            index = self._udp_index.pop(sock.fileno(), None)
+            if index is not None:
+                self.fast.remove_udp(index)
+                self._udp_deliver.pop(index, None)
 
     def from_udp(self, datagram: bytes, addr: tuple[str, int]) -> None:
         """A v6udpv4 data datagram from the TSP listener (any thread)."""
@@ -203,20 +270,29 @@ class UserspaceDataPlane:
         assert self._tun is not None
         ep = select.epoll()
         tun_fd = self._tun.fds[0]
-        ep.register(tun_fd, select.EPOLLIN)
-        ep.register(self._wake_r, select.EPOLLIN)
         raw41_fd = self._raw41.fileno() if self._raw41 is not None else -1
+        punt_fd = -1
+        if self.fast is not None:
+            # The C thread reads the TUN and protocol 41; we get what it punts.
+            punt_fd = self.fast.punt_fd
+            tun_fd = raw41_fd = -1
+        ep.register(self._wake_r, select.EPOLLIN)
         raw6_fd = self._raw4in6.fileno() if self._raw4in6 is not None else -1
         ayiya_fd = self._ayiya.fileno() if self._ayiya is not None else -1
-        for fd in (raw41_fd, raw6_fd, ayiya_fd):
+        for fd in (tun_fd, raw41_fd, punt_fd, raw6_fd, ayiya_fd):
             if fd >= 0:
                 ep.register(fd, select.EPOLLIN)
         next_expiry = time.monotonic() + _EXPIRY_EVERY
         try:
             while not self._stopping:
-                events = ep.poll(max(0.0, next_expiry - time.monotonic()))
+                timeout = 0.0 if self._punts_pending else next_expiry - time.monotonic()
+                events = ep.poll(max(0.0, timeout))
+                if self._punts_pending:
+                    self._drain_punts()
                 for fd, _ in events:
-                    if fd == tun_fd:
+                    if fd == punt_fd:
+                        self._drain_punts()
+                    elif fd == tun_fd:
                         self._drain_tun()
                     elif fd == raw41_fd:
                         self._drain_raw41()
@@ -236,7 +312,13 @@ class UserspaceDataPlane:
                     with self._lock:
                         # The wall clock may be stepped: AYIYA's epochs follow it.
                         self.core.wall_offset = time.time() - now
+                        if self.fast is not None:
+                            self.fast.fold(self.core)
+                            self._check_fast()
                         expired = self.core.expire(now)
+                        if self.fast is not None:
+                            for item in expired:
+                                self.fast.remove(item.tunnel_id)
                     if expired and self._on_expired is not None:
                         self._on_expired(expired)
         except Exception:
@@ -251,10 +333,68 @@ class UserspaceDataPlane:
             except queue.Empty:
                 return
             with self._lock:
+                if self.fast is not None:
+                    self.fast.fold(self.core)
                 try:
                     command(self.core, time.monotonic())
                 except Exception:
                     log.exception("data plane command failed")
+                if self.fast is not None:
+                    # A command may change any tunnel: mirror them all again.
+                    for t in self.core.tunnels():
+                        self.fast.install(t)
+
+    def _check_fast(self) -> None:
+        """Say so, once, if the C thread has died (it then forwards nothing more)."""
+        fast = self.fast
+        if fast is not None and not fast.engine.running and not self._fast_dead:
+            self._fast_dead = True
+            log.error(
+                "the C forwarding thread stopped (errno %s): v6v4 and v6udpv4 are not forwarded "
+                "until the daemon restarts",
+                fast.stats().get("thread_errno"),
+            )
+
+    def _drain_punts(self) -> None:
+        """What the fast path left to us: through the core, and signalling to its listener."""
+        fast = self.fast
+        assert fast is not None
+        try:
+            os.read(fast.punt_fd, 8)
+        except (BlockingIOError, InterruptedError):
+            pass
+        engine, m = fast.engine, fast.module
+        self._punts_pending = False
+        for _ in range(_PUNT_ROUNDS):
+            punts = engine.take_punts(_PUNT_BATCH)
+            outputs: list[Output] = []
+            signalling: dict[int, list[Datagram]] = {}
+            now = time.monotonic()
+            with self._lock:
+                for kind, sock, data, src, port, local in punts:
+                    if kind == m.PUNT_TUN:
+                        outputs.extend(self.core.from_tun(data, now))
+                    elif kind == m.PUNT_PROTO41:
+                        outputs.extend(self.core.from_proto41(data, src, now))
+                    elif data[0] >> 4 == 6:
+                        addr = (socket.inet_ntoa(src), port)
+                        outputs.extend(self.core.from_udp(data, addr, now))
+                    else:
+                        ours = socket.inet_ntoa(local) if local != b"\0\0\0\0" else None
+                        batch = signalling.setdefault(sock, [])
+                        batch.append((data, (socket.inet_ntoa(src), port), ours))
+            self._emit(outputs)
+            for sock, batch in signalling.items():
+                deliver = self._udp_deliver.get(sock)
+                if deliver is not None:
+                    try:
+                        deliver(batch)
+                    except Exception:
+                        log.exception("handing TSP signalling to the listener failed")
+            if len(punts) < _PUNT_BATCH:
+                return
+        # More is waiting: the next poll does not sleep, but other work gets its turn first.
+        self._punts_pending = True
 
     def _drain_tun(self) -> None:
         assert self._tun is not None

@@ -1,0 +1,19 @@
+"""Builds the tunnel server's C fast path; everything else is in pyproject.toml.
+
+The extension is optional: where it cannot be built (no compiler, no Python headers) the
+install still succeeds and the userspace data plane forwards in pure Python, more slowly
+(it logs a warning saying so).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "tunnelbroker.tunnelserver._fastpath",
+            sources=["src/tunnelbroker/tunnelserver/_fastpath.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        )
+    ]
+)

@@ -1,0 +1,623 @@
+"""The C fast path through the userspace data plane, against the real kernel.
+
+Each scenario runs in a throwaway network namespace (a thread of its own, see
+``in_throwaway_netns``): a real TUN, a real TSP-style UDP socket and a raw protocol-41 socket
+on loopback; "clients" are sockets on other loopback addresses and "the internet" is an IPv6
+address on lo with a UDP socket behind it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tunnelbroker.tunnelserver import fastpath
+from tunnelbroker.tunnelserver.engine import Drop, Encap, TunnelState
+from tunnelbroker.tunnelserver.kernel import in_throwaway_netns
+from tunnelbroker.tunnelserver.tun import address_args, iproute_call, wait_until_local
+from tunnelbroker.tunnelserver.userspace import Datagram, DataPlaneConfig, UserspaceDataPlane
+
+T = TypeVar("T")
+
+SERVER4 = "127.0.0.1"
+UDP_CLIENT4 = "127.0.0.2"
+V6V4_CLIENT4 = "127.0.0.3"
+HOST6 = "2001:db8:ffff::100"
+UDP_CLIENT6 = "2001:db8:8000::2"
+UDP_SERVER6 = "2001:db8:8000::1"
+UDP_ROUTED = "2001:db8:8100::/64"
+V6V4_CLIENT6 = "2001:db8:8001::2"
+V6V4_SERVER6 = "2001:db8:8001::1"
+
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root: TUN devices and raw sockets in a network namespace"
+    if not os.path.exists("/dev/net/tun"):
+        return "no /dev/net/tun"
+    try:
+        in_throwaway_netns(lambda: None)
+    except OSError as e:
+        return f"cannot create a network namespace: {e}"
+    return None
+
+
+_SKIP = _unavailable()
+needs_netns = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
+needs_ext = pytest.mark.skipif(fastpath.load() is None, reason="the C extension is not built")
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ipv6(src: str, dst: str, next_header: int, payload: bytes) -> bytes:
+    return (
+        struct.pack("!IHBB", 6 << 28, len(payload), next_header, 64)
+        + ipaddress.IPv6Address(src).packed
+        + ipaddress.IPv6Address(dst).packed
+        + payload
+    )
+
+
+def udp6(src: str, dst: str, sport: int, dport: int, data: bytes) -> bytes:
+    head = struct.pack("!HHHH", sport, dport, 8 + len(data), 0)
+    pseudo = (
+        ipaddress.IPv6Address(src).packed
+        + ipaddress.IPv6Address(dst).packed
+        + struct.pack("!I3xB", 8 + len(data), 17)
+    )
+    csum = _checksum(pseudo + head + data) or 0xFFFF
+    return ipv6(src, dst, 17, head[:6] + struct.pack("!H", csum) + data)
+
+
+def echo_request(src: str, dst: str, seq: int) -> bytes:
+    icmp = struct.pack("!BBHHH", 128, 0, 0, 0x7462, seq) + b"keepalive"
+    pseudo = (
+        ipaddress.IPv6Address(src).packed
+        + ipaddress.IPv6Address(dst).packed
+        + struct.pack("!I3xB", len(icmp), 58)
+    )
+    icmp = icmp[:2] + struct.pack("!H", _checksum(pseudo + icmp)) + icmp[4:]
+    return ipv6(src, dst, 58, icmp)
+
+
+def wait_for(what: str, cond: Callable[[], T], timeout: float = 5.0) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def recv_from(sock: socket.socket, match: Callable[[bytes], bool], timeout: float = 5.0) -> bytes:
+    """The first datagram on ``sock`` that ``match``es, within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([sock], [], [], left)[0]:
+            data = sock.recv(65535)
+            if match(data):
+                return data
+    raise AssertionError("nothing matching arrived")
+
+
+class Plane:
+    """A started data plane in the current namespace, with one TSP-style UDP socket."""
+
+    def __init__(self, fast: bool) -> None:
+        def up(ipr: Any) -> None:
+            ipr.link("set", index=1, state="up")
+            iface = ipaddress.IPv6Interface(f"{HOST6}/128")
+            ipr.addr("add", index=1, **address_args(iface))
+            wait_until_local(ipr, [iface])
+
+        iproute_call(up)
+        self.dp = UserspaceDataPlane(
+            DataPlaneConfig(
+                tun_name="tbfast0",
+                tun_mtu=1500,
+                server_ipv4=SERVER4,
+                routes=("2001:db8:8000::/33",),
+                fast_path=fast,
+            )
+        )
+        self.dp.start()
+        self.tsp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.tsp.bind((SERVER4, 0))
+        self.tsp.setblocking(False)
+        self.signalling: list[Datagram] = []
+        self.adopted = self.dp.adopt_udp(self.tsp, self.signalling.extend)
+        self.dp.set_udp_sender(lambda pkt, addr: self.tsp.sendto(pkt, addr) and None)
+        self.port = self.tsp.getsockname()[1]
+        self.client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.client.bind((UDP_CLIENT4, 0))
+        self.host = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        self.host.bind((HOST6, 7000))
+
+    def close(self) -> None:
+        if self.adopted:
+            self.dp.release_udp(self.tsp)
+        self.dp.stop()
+        for s in (self.tsp, self.client, self.host):
+            s.close()
+
+    def add_udp_tunnel(self, tunnel_id: int = 1, mtu: int = 1280) -> TunnelState:
+        state = TunnelState(
+            tunnel_id=tunnel_id,
+            encap=Encap.V6UDPV4,
+            remote=UDP_CLIENT4,
+            port=self.client.getsockname()[1],
+            prefixes=[
+                ipaddress.IPv6Network(f"{UDP_CLIENT6}/128"),
+                ipaddress.IPv6Network(UDP_ROUTED),
+            ],
+            server_inner=UDP_SERVER6,
+            mtu=mtu,
+        )
+        self.dp.add_tunnel(state)
+        return state
+
+    def drops(self) -> dict[Drop, int]:
+        self.dp.fold_counters()
+        with self.dp._lock:
+            return dict(self.dp.core.drops)
+
+    def tunnel(self, tunnel_id: int) -> TunnelState:
+        self.dp.fold_counters()
+        with self.dp._lock:
+            t = self.dp.core.get(tunnel_id)
+        assert t is not None
+        return t
+
+
+@contextmanager
+def plane(fast: bool = True) -> Iterator[Plane]:
+    p = Plane(fast)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def _is_udp_payload(data: bytes) -> Callable[[bytes], bool]:
+    return lambda pkt: len(pkt) >= 48 and pkt[0] >> 4 == 6 and pkt[6] == 17 and pkt[48:] == data
+
+
+@needs_netns
+@needs_ext
+def test_v6udpv4_both_ways_in_c_with_counters_and_the_keepalive_punted() -> None:
+    def scenario() -> None:
+        with plane() as p:
+            assert p.adopted and p.dp.fast is not None
+            t = p.add_udp_tunnel()
+            before = p.dp.fast.stats()
+            # Client -> internet: decapsulated, filtered, into the TUN, to the host's socket.
+            p.client.sendto(udp6(UDP_CLIENT6, HOST6, 5000, 7000, b"up"), (SERVER4, p.port))
+            p.host.settimeout(5)
+            data, addr = p.host.recvfrom(100)
+            assert data == b"up" and addr[:2] == (UDP_CLIENT6, 5000)
+            # Internet -> client: from the TUN, encapsulated, out of the TSP socket.
+            p.host.sendto(b"down", (UDP_CLIENT6, 5000))
+            pkt = recv_from(p.client, _is_udp_payload(b"down"))
+            assert pkt[8:24] == ipaddress.IPv6Address(HOST6).packed
+            stats = p.dp.fast.stats()
+            assert stats["fast_in"] - before["fast_in"] == 1
+            assert stats["fast_out"] - before["fast_out"] == 1
+            state = p.tunnel(1)
+            assert state is t
+            assert (t.packets_in, t.packets_out) == (1, 1)
+            assert t.bytes_in == 40 + 8 + 2 and t.bytes_out == 40 + 8 + 4
+            # The keepalive echo is punted to the Python core, which answers through the tunnel.
+            p.client.sendto(echo_request(UDP_CLIENT6, UDP_SERVER6, 1), (SERVER4, p.port))
+            reply = recv_from(p.client, lambda d: len(d) > 40 and d[6] == 58 and d[40] == 129)
+            assert reply[24:40] == ipaddress.IPv6Address(UDP_CLIENT6).packed
+            assert p.dp.fast.stats()["punted"] - before["punted"] == 1
+            # The core counted what it handled; the C counts are folded in on top.
+            assert (p.tunnel(1).packets_in, p.tunnel(1).packets_out) == (2, 2)
+
+    in_throwaway_netns(scenario)
+
+
+@needs_netns
+@needs_ext
+def test_ingress_filter_drops_are_counted_by_reason() -> None:
+    def scenario() -> None:
+        with plane() as p:
+            p.add_udp_tunnel()
+            base = p.drops()
+            to = (SERVER4, p.port)
+            send = p.client.sendto
+            send(udp6("2001:db8:9999::1", HOST6, 1, 7000, b"spoofed"), to)
+            send(udp6("2001:db8:8100::42", HOST6, 1, 7000, b"from the routed /64"), to)
+            send(udp6("fe80::2", HOST6, 1, 7000, b"link-local source"), to)
+            send(udp6(UDP_CLIENT6, "ff02::1", 1, 7000, b"multicast destination"), to)
+            send(b"\x60" + b"\0" * 20, to)  # IPv6 by its nibble, shorter than a header
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+                stranger.bind(("127.0.0.9", 0))
+                stranger.sendto(udp6(UDP_CLIENT6, HOST6, 1, 7000, b"stranger"), to)
+
+            def settled() -> dict[Drop, int] | None:
+                d = p.drops()
+                delta = {k: d[k] - base[k] for k in d if d[k] != base[k]}
+                # The kernel's own router solicitations and MLD reports into the TUN.
+                delta.pop(Drop.NO_ROUTE, None)
+                return delta if sum(delta.values()) >= 5 else None
+
+            delta = wait_for("the drops", settled)
+            assert delta == {
+                Drop.SPOOFED_SOURCE: 1,
+                Drop.LINK_LOCAL: 2,
+                Drop.MALFORMED: 1,
+                Drop.UNKNOWN_ENDPOINT: 1,  # decided in Python: unknown endpoints are punted
+            }
+            p.host.settimeout(5)
+            assert p.host.recvfrom(100)[0] == b"from the routed /64"  # allowed: its prefix
+
+    in_throwaway_netns(scenario)
+
+
+@needs_netns
+@needs_ext
+def test_signalling_goes_back_to_the_listener_with_our_address() -> None:
+    def scenario() -> None:
+        with plane() as p:
+            p.client.sendto(b"\xf0\0\0\0\0\0\0\0VERSION=2.0.0\r\n", (SERVER4, p.port))
+            p.client.sendto(b"\x30odd", (SERVER4, p.port))
+            got = wait_for("signalling", lambda: len(p.signalling) >= 2 and p.signalling)
+            assert got[0] == (
+                b"\xf0\0\0\0\0\0\0\0VERSION=2.0.0\r\n",
+                (UDP_CLIENT4, p.client.getsockname()[1]),
+                SERVER4,
+            )
+            assert got[1][0] == b"\x30odd"  # anything that is not IPv6: the listener decides
+
+    in_throwaway_netns(scenario)
+
+
+@needs_netns
+@needs_ext
+def test_oversize_and_removed_tunnels_follow_the_core() -> None:
+    def scenario() -> None:
+        with plane() as p:
+            p.add_udp_tunnel(mtu=1280)
+            # Say hello first, so the fast path knows the flow to send on.
+            p.client.sendto(udp6(UDP_CLIENT6, HOST6, 5000, 7000, b"hi"), (SERVER4, p.port))
+            p.host.settimeout(5)
+            p.host.recvfrom(100)
+            base = p.drops()
+            p.host.sendto(b"x" * 1300, (UDP_CLIENT6, 5000))  # 1348 bytes > the tunnel's 1280
+            wait_for("Packet Too Big", lambda: p.drops()[Drop.TOO_BIG] == base[Drop.TOO_BIG] + 1)
+            p.dp.remove_tunnel(1)
+            p.client.sendto(udp6(UDP_CLIENT6, HOST6, 5000, 7000, b"gone"), (SERVER4, p.port))
+            wait_for(
+                "unknown endpoint",
+                lambda: p.drops()[Drop.UNKNOWN_ENDPOINT] == base[Drop.UNKNOWN_ENDPOINT] + 1,
+            )
+            p.host.sendto(b"to nobody", (UDP_CLIENT6, 5000))
+            # (>=: the kernel's own chatter into the TUN is NO_ROUTE too)
+            wait_for("no route", lambda: p.drops()[Drop.NO_ROUTE] >= base[Drop.NO_ROUTE] + 1)
+            assert p.dp.fast is not None and p.dp.fast.stats()["tunnels"] == 0
+
+    in_throwaway_netns(scenario)
+
+
+@needs_netns
+@needs_ext
+def test_v6v4_both_ways_in_c() -> None:
+    def scenario() -> None:
+        with plane() as p:
+            p.dp.add_tunnel(
+                TunnelState(
+                    tunnel_id=2,
+                    encap=Encap.V6V4,
+                    remote=V6V4_CLIENT4,
+                    port=None,
+                    prefixes=[ipaddress.IPv6Network(f"{V6V4_CLIENT6}/128")],
+                    server_inner=V6V4_SERVER6,
+                )
+            )
+            with socket.socket(socket.AF_INET, socket.SOCK_RAW, 41) as raw:
+                raw.bind((V6V4_CLIENT4, 0))
+                raw.sendto(udp6(V6V4_CLIENT6, HOST6, 6000, 7000, b"6in4 up"), (SERVER4, 0))
+                p.host.settimeout(5)
+                data, addr = p.host.recvfrom(100)
+                assert data == b"6in4 up" and addr[0] == V6V4_CLIENT6
+                p.host.sendto(b"6in4 down", addr)
+
+                def is_ours(d: bytes) -> bool:
+                    ihl = (d[0] & 15) * 4
+                    return d[12:16] == socket.inet_aton(SERVER4) and d[ihl + 48 :] == b"6in4 down"
+
+                recv_from(raw, is_ours)
+            t = p.tunnel(2)
+            assert (t.packets_in, t.packets_out) == (1, 1)
+            assert p.dp.fast is not None and p.dp.fast.stats()["punted"] == 0
+
+    in_throwaway_netns(scenario)
+
+
+@needs_netns
+@needs_ext
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(min_size=1, max_size=80).map(lambda b: bytes([0x60 | b[0] & 15]) + b[1:]),
+            st.binary(min_size=0, max_size=80).map(
+                lambda b: ipv6(UDP_CLIENT6, HOST6, 17, b)[: 40 + len(b) // 2]
+            ),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_every_datagram_from_a_tunnel_is_forwarded_dropped_or_punted(packets: list[bytes]) -> None:
+    """Junk from a known endpoint: each datagram is accounted for exactly once, and the
+    engine keeps running."""
+
+    def scenario() -> None:
+        with plane() as p:
+            p.add_udp_tunnel()
+            fast = p.dp.fast
+            assert fast is not None
+            for pkt in packets:
+                p.client.sendto(pkt, (SERVER4, p.port))
+
+            def accounted() -> int:
+                # The kernel's own chatter into the TUN (router solicitations, MLD reports to
+                # ff02::) is dropped as NO_ROUTE, which nothing from the client can be.
+                while True:
+                    s = fast.stats()
+                    no_route = p.drops()[Drop.NO_ROUTE]
+                    if fast.stats()["dropped"] == s["dropped"]:
+                        break
+                return s["fast_in"] + s["send_errors"] + s["punted"] + s["dropped"] - no_route
+
+            wait_for("every datagram accounted for", lambda: accounted() >= len(packets))
+            time.sleep(0.05)
+            assert accounted() == len(packets)  # and none twice
+            s = fast.stats()
+            assert s["thread_errno"] == 0 and fast.engine.running
+
+    in_throwaway_netns(scenario)
+
+
+@needs_netns
+@needs_ext
+def test_tsp_listener_socket_adopted_data_flows_while_the_loop_is_blocked() -> None:
+    """The TSP endpoint hands its socket to the fast path: data is forwarded while the event
+    loop is blocked, and signalling still reaches the protocol on the loop afterwards."""
+    import asyncio
+    import threading
+
+    from tunnelbroker.listeners.udp_endpoint import PktinfoEndpoint
+
+    class Receiver:
+        def __init__(self) -> None:
+            self.got: list[tuple[bytes, tuple[str, int], str | None, str]] = []
+
+        def datagram_received_on(
+            self, data: bytes, addr: tuple[str, int], local: str | None
+        ) -> None:
+            self.got.append((data, addr, local, threading.current_thread().name))
+
+    def scenario() -> None:
+        with plane() as p:
+            state = p.add_udp_tunnel()
+
+            async def main() -> None:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.bind((SERVER4, 0))
+                sock.setblocking(False)
+                receiver = Receiver()
+                endpoint = PktinfoEndpoint(sock, receiver, reader=p.dp)
+                port = sock.getsockname()[1]
+                arrived: list[float] = []
+
+                def traffic() -> None:
+                    p.client.sendto(b"\xf0signalling", (SERVER4, port))
+                    p.client.sendto(udp6(UDP_CLIENT6, HOST6, 5000, 7000, b"busy"), (SERVER4, port))
+                    p.host.settimeout(5)
+                    if p.host.recvfrom(100)[0] == b"busy":
+                        arrived.append(time.monotonic())
+
+                try:
+                    helper = threading.Thread(target=traffic)
+                    blocked = time.monotonic()
+                    helper.start()
+                    time.sleep(1.0)  # the event loop is busy (sign-ups, the database...)
+                    helper.join(5)
+                    assert arrived and arrived[0] - blocked < 0.5
+                    assert receiver.got == []  # signalling waits for the loop
+                    for _ in range(100):
+                        await asyncio.sleep(0.01)
+                        if receiver.got:
+                            break
+                    data, addr, local, thread = receiver.got[0]
+                    assert data == b"\xf0signalling" and local == SERVER4
+                    assert addr == (UDP_CLIENT4, state.port)
+                    assert thread == threading.current_thread().name
+                finally:
+                    endpoint.close()
+                # Released before the close: only the plane's own socket is left.
+                assert list(p.dp._udp_index) == [p.tsp.fileno()]
+
+            asyncio.run(main())
+
+    in_throwaway_netns(scenario)
+
+
+# ---------------------------------------------------------------------- without the extension
+
+
+def test_the_extension_is_built_wherever_it_can_be() -> None:
+    """scripts/install builds it (optional in setup.py, so a failed build would pass
+    silently): with a compiler and the Python headers here, it must be importable, or every
+    test above would be skipped and the daemon would forward in Python."""
+    import shutil
+    import sysconfig
+
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if shutil.which("gcc") is None or not headers.exists():
+        pytest.skip("no C compiler or Python headers here: the pure-Python path is expected")
+    assert fastpath.load() is not None, "pip install -e . did not build _fastpath"
+
+
+def test_load_warns_once_and_returns_none_without_the_extension(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def missing() -> Any:
+        raise ImportError("No module named 'tunnelbroker.tunnelserver._fastpath'")
+
+    monkeypatch.setattr(fastpath, "_import", missing)
+    monkeypatch.setattr(fastpath, "_warned", False)
+    with caplog.at_level(logging.WARNING, logger="tunnelbroker.tunnelserver.fastpath"):
+        assert fastpath.load() is None
+        assert fastpath.load() is None
+    warnings = [r for r in caplog.records if "slower" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "not available" in warnings[0].getMessage()
+
+
+@needs_netns
+def test_the_python_path_forwards_when_the_extension_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def missing() -> Any:
+        raise ImportError("not built")
+
+    monkeypatch.setattr(fastpath, "_import", missing)
+
+    def scenario() -> None:
+        with plane() as p:
+            assert p.dp.fast is None and not p.adopted
+            p.add_udp_tunnel()
+            # The listener would hand the data in (it reads the socket itself): do as it does.
+            datagram = udp6(UDP_CLIENT6, HOST6, 5000, 7000, b"python")
+            p.dp.from_udp(datagram, (UDP_CLIENT4, p.client.getsockname()[1]))
+            p.host.settimeout(5)
+            assert p.host.recvfrom(100)[0] == b"python"
+            p.host.sendto(b"back", (UDP_CLIENT6, 5000))
+            recv_from(p.client, _is_udp_payload(b"back"))
+            assert (p.tunnel(1).packets_in, p.tunnel(1).packets_out) == (1, 1)
+
+    in_throwaway_netns(scenario)
+
+
+@needs_netns
+def test_fast_path_can_be_switched_off() -> None:
+    def scenario() -> None:
+        with plane(fast=False) as p:
+            assert p.dp.fast is None and not p.adopted
+
+    in_throwaway_netns(scenario)
+
+
+# ---------------------------------------------------------------------- the tables, without traffic
+
+
+@pytest.fixture
+def idle_fast() -> Iterator[fastpath.FastPath]:
+    """An engine that is never started, over a pipe standing in for the TUN."""
+    module = fastpath.load()
+    if module is None:
+        pytest.skip("the C extension is not built")
+    r, w = os.pipe()
+    try:
+        yield fastpath.FastPath(module, r)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _state(tunnel_id: int, encap: Encap, remote: str, prefix: str) -> TunnelState:
+    state = TunnelState(
+        tunnel_id=tunnel_id,
+        encap=encap,
+        remote=remote,
+        port=4000 if encap is Encap.V6UDPV4 else None,
+        prefixes=[ipaddress.ip_network(prefix)],
+        server_inner="2001:db8:8000::1" if encap is not Encap.V4V6 else "100.64.0.2",
+    )
+    state._derive()
+    return state
+
+
+def test_tables_follow_install_replace_and_remove(idle_fast: fastpath.FastPath) -> None:
+    engine = idle_fast.engine
+    idle_fast.install(_state(1, Encap.V6V4, "192.0.2.1", "2001:db8:8000::2/128"))
+    idle_fast.install(_state(2, Encap.V6UDPV4, "192.0.2.2", "2001:db8:8001::/64"))
+    idle_fast.install(_state(3, Encap.AYIYA, "", "2001:db8:8002::/64"))  # routes only
+    assert engine.stats()["tunnels"] == 3
+    idle_fast.install(_state(1, Encap.V6UDPV4, "192.0.2.9", "2001:db8:8000::2/128"))
+    assert engine.stats()["tunnels"] == 3  # replaced, not added
+    # The same id as v4v6 (IPv4 inside, all punted): the engine forgets the old entry.
+    idle_fast.install(_state(2, Encap.V4V6, "2001:db8:1::10", "100.64.0.1/32"))
+    assert engine.stats()["tunnels"] == 2
+    assert engine.remove_tunnel(1) == (1, 0, 0, 0, 0, 0.0)
+    assert engine.remove_tunnel(1) is None
+    assert engine.take_counters() == [] and engine.take_drops() == {}
+    assert engine.stats()["tunnels"] == 1
+
+
+def test_thousands_of_tunnels_in_and_out(idle_fast: fastpath.FastPath) -> None:
+    engine, m = idle_fast.engine, idle_fast.module
+    for i in range(1, 5001):
+        prefix = ipaddress.IPv6Address(f"2001:db8:9000:{i:x}::")
+        engine.set_tunnel(
+            i, m.KIND_V6UDPV4, bytes([198, 18, i >> 8, i & 255]), i, bytes(16), 1280,
+            [(prefix.packed, 64), ((prefix + 2).packed, 128)],
+        )  # fmt: skip
+    assert engine.stats()["tunnels"] == 5000
+    for i in range(1, 5001, 2):
+        engine.remove_tunnel(i)
+    assert engine.stats()["tunnels"] == 2500
+
+
+def test_bad_tunnel_arguments_are_refused(idle_fast: fastpath.FastPath) -> None:
+    engine, m = idle_fast.engine, idle_fast.module
+    good: dict[str, Any] = {
+        "tunnel_id": 1,
+        "kind": m.KIND_V6V4,
+        "remote": b"\xc0\0\2\1",
+        "port": 0,
+        "server_inner": bytes(16),
+        "mtu": 1280,
+        "prefixes": [(bytes(16), 64)],
+    }
+    engine.set_tunnel(**good)
+    for bad in (
+        {"kind": 7},
+        {"remote": b"\1\2\3"},
+        {"port": 70000},
+        {"server_inner": bytes(4)},
+        {"prefixes": [(bytes(16), 129)]},
+        {"prefixes": [(bytes(4), 32)]},
+        {"prefixes": [(bytes(16), 64)] * (m.MAX_PREFIXES + 1)},
+        {"sock": 99},
+    ):
+        with pytest.raises(ValueError):
+            engine.set_tunnel(**{**good, **bad})
+    with pytest.raises(ValueError):
+        engine.remove_udp(99)
+    assert engine.stats()["tunnels"] == 1
