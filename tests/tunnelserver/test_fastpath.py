@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.tunnelserver.netns import needs_netns
 
 from tunnelbroker.tunnelserver import fastpath
 from tunnelbroker.tunnelserver.engine import Drop, Encap, TunnelState
@@ -43,20 +44,6 @@ V6V4_CLIENT6 = "2001:db8:8001::2"
 V6V4_SERVER6 = "2001:db8:8001::1"
 
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: TUN devices and raw sockets in a network namespace"
-    if not os.path.exists("/dev/net/tun"):
-        return "no /dev/net/tun"
-    try:
-        in_throwaway_netns(lambda: None)
-    except OSError as e:
-        return f"cannot create a network namespace: {e}"
-    return None
-
-
-_SKIP = _unavailable()
-needs_netns = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
 needs_ext = pytest.mark.skipif(fastpath.load() is None, reason="the C extension is not built")
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
+from tests.tunnelserver.netns import needs_netns
 
 from tunnelbroker.tunnelserver.kernel import in_throwaway_netns
 from tunnelbroker.tunnelserver.tun import TunDevice, iproute_call
@@ -27,22 +28,6 @@ T = TypeVar("T")
 LOCAL = "2001:db8:1::1"
 REMOTE_NET = "2001:db8:2::/64"
 REMOTE = "2001:db8:2::5"
-
-
-def _netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: creates TUN devices in a network namespace"
-    if not os.path.exists("/dev/net/tun"):
-        return "no /dev/net/tun (kernel without CONFIG_TUN?)"
-    try:
-        in_throwaway_netns(lambda: None)
-    except OSError as e:
-        return f"cannot create a network namespace: {e}"
-    return None
-
-
-_SKIP = _netns_unavailable()
-needs_netns = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
 
 
 def in_netns(fn: Callable[[], T]) -> T:
