@@ -39,6 +39,8 @@ class BrokerInLab:
     tmp: Path
     proc: subprocess.Popen[Any] | None = None
     starts: int = 0
+    #: Seconds ``serve`` may take to say it is ready (a VM without KVM needs far longer).
+    start_timeout: float = 20.0
 
     @property
     def log_path(self) -> Path:
@@ -57,7 +59,7 @@ class BrokerInLab:
                 stdout=log,
                 stderr=log,
             )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + self.start_timeout
         while self.log_path.read_text().count("ready in") < self.starts:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 pytest.fail("broker did not start:\n" + self.log_path.read_text())

@@ -1,7 +1,8 @@
 """``tunnelbroker client``: negotiate a tunnel with a TSP broker and show what it granted.
 
-With ``--up`` it also brings the tunnel up on this host (:mod:`tunnelbroker.client.dataplane`)
-and keeps it up, reconnecting as needed, until SIGINT or SIGTERM.
+With ``--up`` it also brings the tunnel up on this host (:mod:`tunnelbroker.client.dataplane`,
+or a kernel device: :mod:`tunnelbroker.client.kernel`, per ``--backend``) and keeps it up,
+reconnecting as needed, until SIGINT or SIGTERM.
 
 Errors print one ``error: ...`` line to stderr (with the TSP code and the server's text when
 the broker refused) and exit 1; unusable arguments exit 2.
@@ -176,15 +177,22 @@ def _summary(n: Negotiated, up: bool = False) -> None:
 @click.option(
     "--up",
     is_flag=True,
-    help="Bring the tunnel up here (TUN, address, ::/0 route, or all of IPv4 for v4v6, "
-    "keepalive) and keep it up, "
+    help="Bring the tunnel up here (TUN or kernel device, address, ::/0 route, or all of "
+    "IPv4 for v4v6, keepalive) and keep it up, "
     "reconnecting as needed, until SIGINT/SIGTERM.",
 )
 @click.option(
     "--tun-name",
     default="tbc0",
     show_default=True,
-    help="TUN interface for --up.",
+    help="Interface for --up (the TUN, or the kernel's tunnel device).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "kernel", "userspace"], case_sensitive=False),
+    help="Data plane for --up: kernel (a sit or ip6tnl device: v6v4, v4v6, heartbeat), "
+    "userspace (a TUN: every type), or auto (default): the kernel where it can, else "
+    "userspace. kernel refuses, naming what is missing, where it cannot.",
 )
 @click.option(
     "--lan-interface",
@@ -228,6 +236,7 @@ def client(
     as_json: bool,
     up: bool,
     tun_name: str,
+    backend: str | None,
     lan_interface: str | None,
     timeout: float,
     tic: bool,
@@ -244,8 +253,13 @@ def client(
     over a TUN device: all IPv6 (::/0) goes through it, ICMPv6 keepalives watch it, and it is
     renegotiated after 3 lost keepalives, a broken flow or a new local IPv4 address (with
     backoff up to 60 s). The parameters are printed at each connection. SIGINT or SIGTERM
-    removes the interface, routes and addresses and exits.
+    removes the interface, routes and addresses and exits. Where the kernel has sit (v6v4,
+    heartbeat) or ip6tnl (v4v6), --backend auto (the default) lets it carry the packets
+    through such a device instead of the TUN.
     """
+    if backend is not None and not up:
+        raise click.UsageError("--backend needs --up")
+    backend = (backend or "auto").lower()
     if tic or tic_tunnel or tic_list or starttls:
         _tic(
             server,
@@ -257,6 +271,7 @@ def client(
             insecure,
             up,
             tun_name,
+            backend,
             as_json,
             timeout,
             verbose,
@@ -305,7 +320,7 @@ def client(
         timeout=timeout,
     )
     if up:
-        _up(host, options, tun_name, lan_interface, as_json)
+        _up(host, options, tun_name, backend, lan_interface, as_json)
         return
     try:
         result = asyncio.run(_negotiate_and_close(host, **options))
@@ -329,6 +344,7 @@ def _tic(
     insecure: bool,
     up: bool,
     tun_name: str,
+    backend: str,
     as_json: bool,
     timeout: float,
     verbose: bool,
@@ -404,7 +420,7 @@ def _tic(
         else:
             _summary(n)
         return
-    _up(host, {"negotiator": negotiator}, tun_name, None, as_json)
+    _up(host, {"negotiator": negotiator}, tun_name, backend, None, as_json)
 
 
 async def _negotiate_and_close(server: str, **kwargs: Any) -> Negotiated:
@@ -416,9 +432,15 @@ async def _negotiate_and_close(server: str, **kwargs: Any) -> Negotiated:
 
 
 def _up(
-    host: str, options: dict[str, Any], tun_name: str, lan_interface: str | None, as_json: bool
+    host: str,
+    options: dict[str, Any],
+    tun_name: str,
+    backend: str,
+    lan_interface: str | None,
+    as_json: bool,
 ) -> None:
     from tunnelbroker.client.dataplane import run_client
+    from tunnelbroker.client.kernel import KernelUnavailable
 
     def show(n: Negotiated) -> None:
         if as_json:
@@ -439,6 +461,7 @@ def _up(
                 tun_name=tun_name,
                 lan_interface=lan_interface,
                 on_up=show,
+                backend=backend,
                 **options,
             )
         finally:
@@ -453,5 +476,7 @@ def _up(
         _fail(str(e))
     except TicClientError as e:
         _fail(str(e))
+    except KernelUnavailable as e:
+        _fail(f"--backend kernel: {e}\n(--backend auto or userspace runs it in userspace)")
     except OSError as e:
         _fail(f"cannot bring the tunnel up: {e}")

@@ -1,9 +1,12 @@
 """Bring a negotiated tunnel up on this host, in userspace, and keep it up.
 
 :func:`run_tunnel` carries one negotiated tunnel until it ends; :func:`run_client` is the
-reconnect loop around it (negotiate, run, renegotiate).
+reconnect loop around it (negotiate, run, renegotiate). Either can hand a v6v4, v4v6 or
+heartbeat tunnel to the kernel instead (a sit or ip6tnl device): :mod:`.kernel`, which
+shares the keepalive, heartbeat, router mode and source watch below.
 
-The data plane needs no tunnel modules (sit, fou): packets go through a TUN device and Python.
+The userspace data plane needs no tunnel modules (sit, fou): packets go through a TUN device
+and Python.
 
 * **The TUN** (``tbc0``) gets the client's tunnel address as a /128, MTU 1280 (the IPv6
   minimum, so nothing is ever too big for the path: RFC 4213 §3.2's static MTU) and the route
@@ -49,7 +52,7 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
@@ -65,6 +68,7 @@ from tunnelbroker.protocols.tsp.keepalive import KeepaliveMachine
 from tunnelbroker.tunnelserver.tun import TunDevice, address_args, iproute_call
 
 __all__ = [
+    "DataPlane",
     "FLOW_CLOSED",
     "KEEPALIVE_LOST",
     "SOURCE_CHANGED",
@@ -78,6 +82,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Where a tunnel's packets cross: a TUN and Python, or a kernel tunnel device.
+DataPlane = Literal["userspace", "kernel"]
 
 #: Why :func:`run_tunnel` returned.
 STOPPED = "stopped"
@@ -238,6 +245,141 @@ def _setup_lan(n: Negotiated, lan_interface: str, stack: contextlib.ExitStack) -
         log.warning("IPv6 forwarding is off: the LAN cannot use %s", delegated)
 
 
+# The parts of a running tunnel that do not depend on how packets cross it; the kernel data
+# plane (:mod:`tunnelbroker.client.kernel`) runs them too.
+
+
+def _use_prefix(n: Negotiated, lan_interface: str | None, stack: contextlib.ExitStack) -> None:
+    """Router mode: the delegated prefix onto ``lan_interface``, if both are there."""
+    if n.prefix is None:
+        return
+    if lan_interface is not None:
+        _setup_lan(n, lan_interface, stack)
+    else:
+        log.info("delegated prefix %s/%s not used (no LAN interface)", n.prefix, n.prefix_length)
+
+
+def _keepalive_machine(n: Negotiated) -> KeepaliveMachine | None:
+    """The keepalive of tunnel ``n`` (ICMPv4 inside a v4v6 tunnel, else ICMPv6), if any."""
+    if not (n.keepalive_interval and n.keepalive_address):
+        return None
+    inner_address = n.client_ipv4 if n.tunnel_type == "v4v6" else n.client_ipv6
+    return KeepaliveMachine(
+        n.keepalive_interval,
+        ipaddress.ip_address(n.keepalive_address).packed,
+        ipaddress.ip_address(inner_address).packed,
+        os.getpid() & 0xFFFF,
+        timeout=min(_KEEPALIVE_TIMEOUT, float(n.keepalive_interval)),
+    )
+
+
+def _start_keepalive(
+    machine: KeepaliveMachine,
+    n: Negotiated,
+    send: Callable[[bytes], None],
+    end: Callable[[str], None],
+    rand: Callable[[], float],
+    tasks: list[asyncio.Task[None]],
+) -> None:
+    """Send ``machine``'s echoes with ``send``; :data:`KEEPALIVE_LOST` when it gives up."""
+    loop = asyncio.get_running_loop()
+
+    async def keepalive() -> None:
+        machine.next_send(loop.time(), rand())
+        while True:
+            at = machine.get_timer()
+            assert at is not None  # an echo is always armed or waiting
+            await asyncio.sleep(max(0.0, at - loop.time()))
+            now = loop.time()
+            before = machine.missed
+            machine.handle_timer(now)
+            if machine.missed > before:
+                log.warning(
+                    "keepalive: no reply from %s (%d in a row)",
+                    n.keepalive_address,
+                    machine.missed,
+                )
+            if machine.dead:
+                end(KEEPALIVE_LOST)
+                return
+            pkt = machine.due(now)
+            if pkt is not None:
+                send(pkt)
+                machine.next_send(now, rand())
+
+    tasks.append(asyncio.create_task(keepalive()))
+    log.info("keepalive every %d s to %s", n.keepalive_interval, n.keepalive_address)
+
+
+def _start_heartbeats(
+    n: Negotiated, stack: contextlib.ExitStack, tasks: list[asyncio.Task[None]]
+) -> None:
+    """A signed SixXS heartbeat to UDP 3740 of the PoP now and every interval."""
+    assert n.secret is not None
+    secret = n.secret
+    beat_to = (n.server_ipv4, HEARTBEAT_PORT)
+    beats = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stack.callback(beats.close)
+    beats.setblocking(False)
+
+    async def heartbeats() -> None:
+        # The beat moves the PoP's end of the 6in4 tunnel to our address.
+        while True:
+            try:
+                beats.sendto(build_heartbeat(n.client_ipv6, secret, time.time()), beat_to)
+            except OSError as e:
+                log.debug("heartbeat: %s", e)
+            await asyncio.sleep(max(1.0, float(n.keepalive_interval or 60)))
+
+    tasks.append(asyncio.create_task(heartbeats()))
+    log.info("heartbeat every %s s to %s", n.keepalive_interval, beat_to[0])
+
+
+def _start_source_watch(
+    n: Negotiated,
+    interval: float,
+    end: Callable[[str], None],
+    tasks: list[asyncio.Task[None]],
+) -> None:
+    """:data:`SOURCE_CHANGED` once the kernel would reach an IPv4 broker from elsewhere."""
+
+    async def watch_source() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            now_src = local_ipv4_towards(n.server_address, n.port)
+            # No route at all is not a new address: wait for one to appear.
+            if now_src is not None and now_src != n.local_address:
+                log.warning("the IPv4 source address changed: %s -> %s", n.local_address, now_src)
+                end(SOURCE_CHANGED)
+                return
+
+    if ipaddress.ip_address(n.server_address).version == 4:
+        tasks.append(asyncio.create_task(watch_source()))
+
+
+async def _until_ended(ended: asyncio.Future[str], stop: asyncio.Event) -> str:
+    """Wait for the tunnel to end (``ended``) or to be stopped; returns why."""
+
+    async def stopped() -> str:
+        await stop.wait()
+        return STOPPED
+
+    stopping = asyncio.ensure_future(stopped())
+    try:
+        await asyncio.wait([ended, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    return ended.result() if ended.done() else STOPPED
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    # Let them finish being cancelled, unless we are being cancelled ourselves.
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def run_tunnel(
     n: Negotiated,
     *,
@@ -247,11 +389,14 @@ async def run_tunnel(
     on_up: Callable[[Negotiated], None] | None = None,
     source_check_interval: float = 5.0,
     rand: Callable[[], float] = random.random,
+    backend: DataPlane = "userspace",
 ) -> str:
     """Carry tunnel ``n`` through a TUN device until it ends; returns why.
 
     Takes over ``n``'s signalling flow and closes it at the end. ``on_up`` is called once
-    the TUN, its address and routes are in place.
+    the TUN, its address and routes are in place. ``backend="kernel"`` carries it through a
+    kernel tunnel device instead (:func:`tunnelbroker.client.kernel.run_kernel_tunnel`,
+    which returns and raises alike).
 
     Returns:
         :data:`STOPPED` (``stop`` was set), :data:`KEEPALIVE_LOST` (the keepalive address
@@ -263,6 +408,18 @@ async def run_tunnel(
             flow.
         OSError: the TUN, a socket or the LAN interface could not be set up.
     """
+    if backend == "kernel":
+        from tunnelbroker.client.kernel import run_kernel_tunnel
+
+        return await run_kernel_tunnel(
+            n,
+            tun_name=tun_name,
+            lan_interface=lan_interface,
+            stop=stop,
+            on_up=on_up,
+            source_check_interval=source_check_interval,
+            rand=rand,
+        )
     if n.tunnel_type not in ("v6udpv4", "v6v4", "v4v6", "ayiya", "heartbeat"):
         raise ValueError(f"cannot bring up a {n.tunnel_type} tunnel")
     if n.tunnel_type in ("ayiya", "heartbeat") and not n.secret:
@@ -283,15 +440,7 @@ async def run_tunnel(
     inner_version = 4 if v4v6 else 6
     inner_address = n.client_ipv4 if v4v6 else n.client_ipv6
     routes = V4V6_ROUTES if v4v6 else (DEFAULT_ROUTE,)
-    ka: KeepaliveMachine | None = None
-    if n.keepalive_interval and n.keepalive_address:
-        ka = KeepaliveMachine(
-            n.keepalive_interval,
-            ipaddress.ip_address(n.keepalive_address).packed,
-            ipaddress.ip_address(inner_address).packed,
-            os.getpid() & 0xFFFF,
-            timeout=min(_KEEPALIVE_TIMEOUT, float(n.keepalive_interval)),
-        )
+    ka = _keepalive_machine(n)
 
     with contextlib.ExitStack() as stack:
         stack.callback(n.close)
@@ -465,26 +614,7 @@ async def run_tunnel(
                 stack.callback(loop.remove_reader, raw.fileno())
                 log.info("6in4 to %s from %s", n.server_ipv4, raw.getsockname()[0])
                 if n.tunnel_type == "heartbeat":
-                    assert n.secret is not None
-                    secret = n.secret
-                    beat_to = (n.server_ipv4, HEARTBEAT_PORT)
-                    beats = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                    stack.callback(beats.close)
-                    beats.setblocking(False)
-
-                    async def heartbeats() -> None:
-                        # The beat moves the PoP's end of the 6in4 tunnel to our address.
-                        while True:
-                            try:
-                                beats.sendto(
-                                    build_heartbeat(n.client_ipv6, secret, time.time()), beat_to
-                                )
-                            except OSError as e:
-                                log.debug("heartbeat: %s", e)
-                            await asyncio.sleep(max(1.0, float(n.keepalive_interval or 60)))
-
-                    tasks.append(asyncio.create_task(heartbeats()))
-                    log.info("heartbeat every %s s to %s", n.keepalive_interval, beat_to[0])
+                    _start_heartbeats(n, stack, tasks)
 
             def on_tun() -> None:
                 nonlocal dropped
@@ -497,81 +627,20 @@ async def run_tunnel(
             loop.add_reader(tun.fileno(), on_tun)
             stack.callback(loop.remove_reader, tun.fileno())
 
-            if n.prefix is not None:
-                if lan_interface is not None:
-                    _setup_lan(n, lan_interface, stack)
-                else:
-                    log.info(
-                        "delegated prefix %s/%s not used (no LAN interface)",
-                        n.prefix,
-                        n.prefix_length,
-                    )
+            _use_prefix(n, lan_interface, stack)
 
             if ka is not None:
-                machine = ka
-
-                async def keepalive() -> None:
-                    machine.next_send(loop.time(), rand())
-                    while True:
-                        at = machine.get_timer()
-                        assert at is not None  # an echo is always armed or waiting
-                        await asyncio.sleep(max(0.0, at - loop.time()))
-                        now = loop.time()
-                        before = machine.missed
-                        machine.handle_timer(now)
-                        if machine.missed > before:
-                            log.warning(
-                                "keepalive: no reply from %s (%d in a row)",
-                                n.keepalive_address,
-                                machine.missed,
-                            )
-                        if machine.dead:
-                            end(KEEPALIVE_LOST)
-                            return
-                        pkt = machine.due(now)
-                        if pkt is not None:
-                            send(pkt)
-                            machine.next_send(now, rand())
-
-                tasks.append(asyncio.create_task(keepalive()))
-                log.info("keepalive every %d s to %s", n.keepalive_interval, n.keepalive_address)
-
-            async def watch_source() -> None:
-                while True:
-                    await asyncio.sleep(source_check_interval)
-                    now_src = local_ipv4_towards(n.server_address, n.port)
-                    # No route at all is not a new address: wait for one to appear.
-                    if now_src is not None and now_src != n.local_address:
-                        log.warning(
-                            "the IPv4 source address changed: %s -> %s", n.local_address, now_src
-                        )
-                        end(SOURCE_CHANGED)
-                        return
-
-            if ipaddress.ip_address(n.server_address).version == 4:
-                tasks.append(asyncio.create_task(watch_source()))
+                _start_keepalive(ka, n, send, end, rand, tasks)
+            _start_source_watch(n, source_check_interval, end, tasks)
 
             if on_up is not None:
                 on_up(n)
 
-            async def stopped() -> str:
-                await stop.wait()
-                return STOPPED
-
-            stopping = asyncio.ensure_future(stopped())
-            try:
-                await asyncio.wait([ended, stopping], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopping.cancel()
-            reason = ended.result() if ended.done() else STOPPED
+            reason = await _until_ended(ended, stop)
             log.info("%s down: %s (%d packets dropped)", tun.name, reason, dropped)
             return reason
         finally:
-            for task in tasks:
-                task.cancel()
-            # Let them finish being cancelled, unless we are being cancelled ourselves.
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*tasks, return_exceptions=True)
+            await _cancel_all(tasks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,6 +665,7 @@ async def run_client(
     rand: Callable[[], float] = random.random,
     clock: Callable[[], float] = time.monotonic,
     negotiator: Callable[[], Awaitable[Negotiated]] | None = None,
+    backend: str = "userspace",
     **negotiate_options: Any,
 ) -> None:
     """Keep a tunnel with broker ``server`` up until ``stop`` is set.
@@ -609,12 +679,24 @@ async def run_client(
     there for tests. An authenticated user gets
     the same IPv6 address back each time (the broker keeps it for the account).
 
+    ``backend`` (``userspace``, ``kernel`` or ``auto``) says where each tunnel runs:
+    :class:`tunnelbroker.client.kernel.BackendChooser` decides, per negotiated tunnel.
+
     Raises:
         TspClientError: the broker refused with a code in :data:`PERMANENT_REFUSALS`.
+        KernelUnavailable: ``backend="kernel"`` and the kernel cannot carry the tunnel
+            (:mod:`tunnelbroker.client.kernel`); checked before negotiating where the
+            requested type tells.
         ValueError: unusable ``negotiate_options``, or a tunnel type we cannot carry.
         OSError: the very first tunnel could not be set up (no TUN, no permission); later
             failures are retried.
     """
+    chooser = None
+    if backend != "userspace":
+        from tunnelbroker.client.kernel import BackendChooser
+
+        chooser = BackendChooser(backend)
+        await chooser.precheck(negotiate_options.get("tunnel_type"))
     failures = 0
     connections = 0
     while not stop.is_set():
@@ -651,10 +733,18 @@ async def run_client(
             n.server_ipv4,
             n.keepalive_interval,
         )
+        where: DataPlane = "userspace"
+        if chooser is not None:
+            try:
+                where = await chooser.choose(n.tunnel_type)
+            except BaseException:
+                n.close()
+                raise
         started = clock()
         try:
             reason = await run_tunnel(
                 n,
+                backend=where,
                 tun_name=tun_name,
                 lan_interface=lan_interface,
                 stop=stop,
