@@ -43,10 +43,10 @@ from tests.e2e.test_client_lab import (
 from tests.vm import guest_main, run_in_vm
 
 from tunnelbroker.cli.client import client
+from tunnelbroker.client.echo import EchoSocket
 from tunnelbroker.client.kernel import (
     BackendChooser,
     KernelUnavailable,
-    _EchoSocket,
     kernel_problems,
 )
 from tunnelbroker.lab.topology import Lab
@@ -184,7 +184,7 @@ def test_the_keepalive_echo_socket_on_lo(address: str) -> None:
         iproute_call(lambda ipr: ipr.link("set", index=1, state="up"))
         packed = socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
         machine = KeepaliveMachine(1, packed, packed, 4242, timeout=2)
-        echo = _EchoSocket("lo", address)
+        echo = EchoSocket("lo", address)
         try:
             machine.next_send(0.0, 0.0)
             pkt = machine.due(1.0)

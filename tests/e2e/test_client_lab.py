@@ -21,6 +21,7 @@ import pytest
 
 from tunnelbroker.lab.topology import Lab
 from tunnelbroker.lab.traffic import SINK, SOURCE
+from tunnelbroker.tunnelserver import fastpath
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -254,14 +255,37 @@ def tcp_transfer(
     assert received.strip() == sent.stdout.split()[0]
 
 
-def test_v6udpv4_from_a_public_host(broker: BrokerInLab) -> None:
+#: The client's packets move in C where the fast path is built (it is wherever it can be:
+#: tests/tunnelserver/test_fastpath.py), and in Python with --no-fast-path.
+FAST_PATHS = [
+    pytest.param(
+        True,
+        id="c-fast-path",
+        marks=pytest.mark.skipif(fastpath.load() is None, reason="the C fast path is not built"),
+    ),
+    pytest.param(False, id="python"),
+]
+
+
+def assert_forwarded_by(c: Client, fast: bool) -> None:
+    assert ("forwarding in C" in c.err.read_text()) == fast, c.err.read_text()
+    # The keepalive is answered either way (through the TUN on the fast path).
+    assert "no reply" not in c.err.read_text()
+
+
+@pytest.mark.parametrize("fast", FAST_PATHS)
+def test_v6udpv4_from_a_public_host(broker: BrokerInLab, fast: bool) -> None:
     lab = broker.lab
-    c = start_client(broker, "cpub", "--type", "v6udpv4", "--transport", "udp")
+    args = () if fast else ("--no-fast-path",)
+    c = start_client(broker, "cpub", "--type", "v6udpv4", "--transport", "udp", *args)
     (n,) = c.wait_connections(1, 30)
     assert n["tunnel_type"] == "v6udpv4" and n["interface"] == "tbc0"
     assert n["keepalive_interval"] == KEEPALIVE
     assert ping_until(lab, "cpub", lab.addr.inet6_v6, 10), c.err.read_text()
     tcp_transfer(lab, "cpub")
+    # Two keepalive rounds, to see them answered.
+    time.sleep(2 * KEEPALIVE + 1)
+    assert_forwarded_by(c, fast)
     stop_client(c, lab, "cpub")
 
 
@@ -289,15 +313,16 @@ def test_nat_mapping_change_reconnects_with_the_same_address(broker: BrokerInLab
     stop_client(c, lab, "cnat")
 
 
-def test_v6v4_over_raw_protocol_41(broker: BrokerInLab) -> None:
+@pytest.mark.parametrize("fast", FAST_PATHS)
+def test_v6v4_over_raw_protocol_41(broker: BrokerInLab, fast: bool) -> None:
     lab = broker.lab
-    c = start_client(broker, "cpub", "--type", "v6v4")
+    c = start_client(broker, "cpub", "--type", "v6v4", *(() if fast else ("--no-fast-path",)))
     (n,) = c.wait_connections(1, 30)
     assert n["tunnel_type"] == "v6v4"
     assert ping_until(lab, "cpub", lab.addr.inet6_v6, 10), c.err.read_text()
     tcp_transfer(lab, "cpub")
     # The keepalive is answered over 6in4 too: no misses while we pinged.
-    assert "no reply" not in c.err.read_text()
+    assert_forwarded_by(c, fast)
     stop_client(c, lab, "cpub")
 
 

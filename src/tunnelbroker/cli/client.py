@@ -195,6 +195,13 @@ def _summary(n: Negotiated, up: bool = False) -> None:
     "userspace. kernel refuses, naming what is missing, where it cannot.",
 )
 @click.option(
+    "--fast-path/--no-fast-path",
+    default=True,
+    show_default=True,
+    help="Userspace data plane: move v6udpv4 and 6in4 packets in the compiled C forwarder "
+    "(where it is built) rather than in Python.",
+)
+@click.option(
     "--lan-interface",
     metavar="IF",
     help="With --up in router mode: put <prefix>::1/64 of the delegated prefix on IF.",
@@ -237,6 +244,7 @@ def client(
     up: bool,
     tun_name: str,
     backend: str | None,
+    fast_path: bool,
     lan_interface: str | None,
     timeout: float,
     tic: bool,
@@ -272,6 +280,7 @@ def client(
             up,
             tun_name,
             backend,
+            fast_path,
             as_json,
             timeout,
             verbose,
@@ -320,7 +329,7 @@ def client(
         timeout=timeout,
     )
     if up:
-        _up(host, options, tun_name, backend, lan_interface, as_json)
+        _up(host, {**options, "fast_path": fast_path}, tun_name, backend, lan_interface, as_json)
         return
     try:
         result = asyncio.run(_negotiate_and_close(host, **options))
@@ -345,6 +354,7 @@ def _tic(
     up: bool,
     tun_name: str,
     backend: str,
+    fast_path: bool,
     as_json: bool,
     timeout: float,
     verbose: bool,
@@ -420,7 +430,7 @@ def _tic(
         else:
             _summary(n)
         return
-    _up(host, {"negotiator": negotiator}, tun_name, backend, None, as_json)
+    _up(host, {"negotiator": negotiator, "fast_path": fast_path}, tun_name, backend, None, as_json)
 
 
 async def _negotiate_and_close(server: str, **kwargs: Any) -> Negotiated:

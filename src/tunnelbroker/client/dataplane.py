@@ -56,6 +56,7 @@ from typing import Any, Literal
 
 from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
+from tunnelbroker.client.echo import EchoSocket, watch_replies
 from tunnelbroker.client.tic import TicClientError
 from tunnelbroker.client.tsp import Negotiated, TspClientError, UdpFlow, negotiate
 from tunnelbroker.protocols.ayiya import PORT as AYIYA_PORT
@@ -65,6 +66,7 @@ from tunnelbroker.protocols.heartbeat import PORT as HEARTBEAT_PORT
 from tunnelbroker.protocols.heartbeat import build as build_heartbeat
 from tunnelbroker.protocols.tsp.errors import StatusCode
 from tunnelbroker.protocols.tsp.keepalive import KeepaliveMachine
+from tunnelbroker.tunnelserver import fastpath
 from tunnelbroker.tunnelserver.tun import TunDevice, address_args, iproute_call
 
 __all__ = [
@@ -380,6 +382,53 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _fast_forwarder(
+    n: Negotiated, tun: TunDevice, stack: contextlib.ExitStack
+) -> fastpath.PeerForwarder | None:
+    """The C forwarder for tunnel ``n``, started; None where it cannot carry it.
+
+    A client is the simplest user of the tunnel server's fast path: everything from the TUN
+    goes to the one peer, and everything the peer sends (and only what it sends) goes into
+    the TUN, on a thread of its own without the GIL. It carries v6udpv4 (on the signalling
+    flow's own socket, which asyncio stops reading) and 6in4 (v6v4, heartbeat); v4v6 and
+    AYIYA stay in Python.
+    """
+    if n.tunnel_type not in ("v6udpv4", "v6v4", "heartbeat") or fastpath.load() is None:
+        return None
+    peer: tuple[str, int]
+    if n.tunnel_type == "v6udpv4":
+        assert isinstance(n.flow, UdpFlow)
+        # asyncio's selector transports can stop reading, though the type stubs don't say so.
+        pause: Callable[[], None] | None = getattr(n.flow.transport, "pause_reading", None)
+        if pause is None:
+            return None
+        pause()
+        flow_socket = n.flow.transport.get_extra_info("socket")
+        # A socket of our own on the flow's: closing it leaves the transport's alone.
+        sock = socket.socket(fileno=os.dup(flow_socket.fileno()))
+        peer = n.flow.remote
+    else:
+        sock = _raw_socket(socket.AF_INET, _IPPROTO_IPV6, n.client_ipv4, n.local_address)
+        peer = (n.server_ipv4, 0)
+    stack.callback(sock.close)
+    fwd = fastpath.PeerForwarder(tun.fileno(), sock, peer)
+    fwd.start()
+    stack.callback(fwd.stop)  # before the socket and the TUN close (the stack unwinds)
+    log.info("forwarding in C (the fast path), to %s port %d", peer[0], peer[1])
+    return fwd
+
+
+async def _drain_punts(fwd: fastpath.PeerForwarder) -> None:
+    """Discard what the forwarder set aside (a stray signalling datagram), now and then.
+
+    A client has no slow path for such packets; draining keeps the queue from filling.
+    """
+    while True:
+        await asyncio.sleep(1.0)
+        if fwd.drain():
+            log.debug("discarded %d packets the fast path set aside", fwd.punted)
+
+
 async def run_tunnel(
     n: Negotiated,
     *,
@@ -390,13 +439,16 @@ async def run_tunnel(
     source_check_interval: float = 5.0,
     rand: Callable[[], float] = random.random,
     backend: DataPlane = "userspace",
+    fast_path: bool = True,
 ) -> str:
     """Carry tunnel ``n`` through a TUN device until it ends; returns why.
 
     Takes over ``n``'s signalling flow and closes it at the end. ``on_up`` is called once
     the TUN, its address and routes are in place. ``backend="kernel"`` carries it through a
     kernel tunnel device instead (:func:`tunnelbroker.client.kernel.run_kernel_tunnel`,
-    which returns and raises alike).
+    which returns and raises alike). ``fast_path``: let the tunnel server's C fast path
+    (:class:`~tunnelbroker.tunnelserver.fastpath.PeerForwarder`) move v6udpv4, v6v4 and
+    heartbeat packets where it is built; False keeps every packet in Python.
 
     Returns:
         :data:`STOPPED` (``stop`` was set), :data:`KEEPALIVE_LOST` (the keepalive address
@@ -463,173 +515,189 @@ async def run_tunnel(
                 TUN_MTU,
             )
 
-            def from_tunnel(pkt: bytes) -> None:
-                nonlocal dropped
-                if not pkt or pkt[0] >> 4 != inner_version:
-                    dropped += 1
-                    return
-                if ka is not None and ka.receive(pkt, loop.time()):
-                    log.debug("keepalive reply, rtt %.1f ms", (ka.last_rtt or 0) * 1000)
-                    return
-                try:
-                    tun.write(pkt)
-                except OSError:
-                    dropped += 1  # malformed: the kernel refused it
-
+            fast = _fast_forwarder(n, tun, stack) if fast_path else None
             send: Callable[[bytes], None]
-            if isinstance(n.flow, UdpFlow) and n.tunnel_type == "v6udpv4":
-                flow = n.flow
-                send = flow.send
-
-                async def read_flow() -> None:
-                    while True:
-                        try:
-                            pkt = await flow.recv()
-                        except ConnectionError as e:
-                            if isinstance(e, ConnectionRefusedError):
-                                # ICMP port unreachable: the broker may be restarting; the
-                                # keepalive decides whether the tunnel is gone.
-                                log.debug("flow: %s", e)
-                                continue
-                            log.warning("the UDP flow closed: %s", e)
-                            end(FLOW_CLOSED)
-                            return
-                        except OSError as e:
-                            log.debug("flow: %s", e)
-                            continue
-                        from_tunnel(pkt)
-
-                tasks.append(asyncio.create_task(read_flow()))
-            elif n.tunnel_type == "ayiya":
-                assert n.secret is not None
-                link = AyiyaLink(
-                    n.secret,
-                    role=Role.CLIENT,
-                    local=ipaddress.IPv6Address(n.client_ipv6),
-                    remote=ipaddress.IPv6Address(n.server_ipv6),
-                )
-                udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                stack.callback(udp.close)
-                udp.setblocking(False)
-                udp.connect((n.server_ipv4, AYIYA_PORT))
-
-                def send(pkt: bytes) -> None:
-                    try:
-                        udp.send(link.forward(pkt, time.time()))
-                    except OSError:
-                        pass  # as for 6in4: a router drops, so do we
-
-                def on_ayiya() -> None:
-                    nonlocal dropped
-                    for _ in range(_BATCH):
-                        try:
-                            datagram = udp.recv(_READ_SIZE)
-                        except BlockingIOError:
-                            return
-                        except OSError as e:
-                            log.debug("ayiya socket: %s", e)
-                            return
-                        got = link.receive(datagram, time.time())
-                        if isinstance(got, AyiyaDrop):
-                            log.debug("ayiya datagram dropped: %s", got.value)
-                            dropped += 1
-                        elif got.forwards and got.next_header == NEXT_HEADER_IPV6:
-                            from_tunnel(got.payload)
-
-                async def noops() -> None:
-                    # AICCU's beat: a signed NOOP now and every interval; it keeps the NAT
-                    # mapping open and tells the PoP where we are.
-                    while True:
-                        try:
-                            udp.send(link.noop(time.time()))
-                        except OSError as e:
-                            log.debug("ayiya noop: %s", e)
-                        await asyncio.sleep(max(1.0, float(n.keepalive_interval or 60)))
-
-                loop.add_reader(udp.fileno(), on_ayiya)
-                stack.callback(loop.remove_reader, udp.fileno())
-                tasks.append(asyncio.create_task(noops()))
-                log.info("ayiya to %s port %d", n.server_ipv4, AYIYA_PORT)
-            elif v4v6:
-                raw6 = _raw_socket(socket.AF_INET6, _IPPROTO_IPIP, n.client_ipv6, n.local_address)
-                stack.callback(raw6.close)
-                server6 = ipaddress.IPv6Address(n.server_ipv6)
-                target = (str(server6), 0)
-
-                def send(pkt: bytes) -> None:
-                    try:
-                        raw6.sendto(pkt, target)
-                    except OSError:
-                        pass  # as for 6in4: a router drops, so do we
-
-                def on_raw6() -> None:
-                    nonlocal dropped
-                    for _ in range(_BATCH):
-                        try:
-                            inner, source = raw6.recvfrom(_READ_SIZE)
-                        except BlockingIOError:
-                            return
-                        except OSError as e:
-                            log.debug("raw socket: %s", e)
-                            return
-                        # A raw IPv6 socket hands over the payload; the outer source comes
-                        # with it. Only our server's packets enter (the ingress check).
-                        if ipaddress.IPv6Address(source[0].split("%")[0]) != server6:
-                            dropped += 1
-                        else:
-                            from_tunnel(inner)
-
-                loop.add_reader(raw6.fileno(), on_raw6)
-                stack.callback(loop.remove_reader, raw6.fileno())
-                log.info("4in6 to %s from %s", n.server_ipv6, raw6.getsockname()[0])
-            else:
-                raw = _raw_socket(socket.AF_INET, _IPPROTO_IPV6, n.client_ipv4, n.local_address)
-                stack.callback(raw.close)
-                server = (n.server_ipv4, 0)
-                server_packed = ipaddress.IPv4Address(n.server_ipv4).packed
-
-                def send(pkt: bytes) -> None:
-                    try:
-                        raw.sendto(pkt, server)
-                    except OSError:
-                        pass  # a full buffer or no route: a router drops, so do we
-
-                def on_raw() -> None:
-                    nonlocal dropped
-                    for _ in range(_BATCH):
-                        try:
-                            outer = raw.recv(_READ_SIZE)
-                        except BlockingIOError:
-                            return
-                        except OSError as e:
-                            log.debug("raw socket: %s", e)
-                            return
-                        inner = decapsulate_6in4(outer, server_packed)
-                        if inner is None:
-                            dropped += 1  # not from our server: the ingress check
-                        else:
-                            from_tunnel(inner)
-
-                loop.add_reader(raw.fileno(), on_raw)
-                stack.callback(loop.remove_reader, raw.fileno())
-                log.info("6in4 to %s from %s", n.server_ipv4, raw.getsockname()[0])
+            if fast is not None:
                 if n.tunnel_type == "heartbeat":
                     _start_heartbeats(n, stack, tasks)
+                tasks.append(asyncio.create_task(_drain_punts(fast)))
+            else:
 
-            def on_tun() -> None:
-                nonlocal dropped
-                for pkt in tun.read_batch(_BATCH):
-                    if pkt and pkt[0] >> 4 == inner_version:
-                        send(pkt)
-                    else:
+                def from_tunnel(pkt: bytes) -> None:
+                    nonlocal dropped
+                    if not pkt or pkt[0] >> 4 != inner_version:
                         dropped += 1
+                        return
+                    if ka is not None and ka.receive(pkt, loop.time()):
+                        log.debug("keepalive reply, rtt %.1f ms", (ka.last_rtt or 0) * 1000)
+                        return
+                    try:
+                        tun.write(pkt)
+                    except OSError:
+                        dropped += 1  # malformed: the kernel refused it
 
-            loop.add_reader(tun.fileno(), on_tun)
-            stack.callback(loop.remove_reader, tun.fileno())
+                if isinstance(n.flow, UdpFlow) and n.tunnel_type == "v6udpv4":
+                    flow = n.flow
+                    send = flow.send
+
+                    async def read_flow() -> None:
+                        while True:
+                            try:
+                                pkt = await flow.recv()
+                            except ConnectionError as e:
+                                if isinstance(e, ConnectionRefusedError):
+                                    # ICMP port unreachable: the broker may be restarting; the
+                                    # keepalive decides whether the tunnel is gone.
+                                    log.debug("flow: %s", e)
+                                    continue
+                                log.warning("the UDP flow closed: %s", e)
+                                end(FLOW_CLOSED)
+                                return
+                            except OSError as e:
+                                log.debug("flow: %s", e)
+                                continue
+                            from_tunnel(pkt)
+
+                    tasks.append(asyncio.create_task(read_flow()))
+                elif n.tunnel_type == "ayiya":
+                    assert n.secret is not None
+                    link = AyiyaLink(
+                        n.secret,
+                        role=Role.CLIENT,
+                        local=ipaddress.IPv6Address(n.client_ipv6),
+                        remote=ipaddress.IPv6Address(n.server_ipv6),
+                    )
+                    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    stack.callback(udp.close)
+                    udp.setblocking(False)
+                    udp.connect((n.server_ipv4, AYIYA_PORT))
+
+                    def send(pkt: bytes) -> None:
+                        try:
+                            udp.send(link.forward(pkt, time.time()))
+                        except OSError:
+                            pass  # as for 6in4: a router drops, so do we
+
+                    def on_ayiya() -> None:
+                        nonlocal dropped
+                        for _ in range(_BATCH):
+                            try:
+                                datagram = udp.recv(_READ_SIZE)
+                            except BlockingIOError:
+                                return
+                            except OSError as e:
+                                log.debug("ayiya socket: %s", e)
+                                return
+                            got = link.receive(datagram, time.time())
+                            if isinstance(got, AyiyaDrop):
+                                log.debug("ayiya datagram dropped: %s", got.value)
+                                dropped += 1
+                            elif got.forwards and got.next_header == NEXT_HEADER_IPV6:
+                                from_tunnel(got.payload)
+
+                    async def noops() -> None:
+                        # AICCU's beat: a signed NOOP now and every interval; it keeps the NAT
+                        # mapping open and tells the PoP where we are.
+                        while True:
+                            try:
+                                udp.send(link.noop(time.time()))
+                            except OSError as e:
+                                log.debug("ayiya noop: %s", e)
+                            await asyncio.sleep(max(1.0, float(n.keepalive_interval or 60)))
+
+                    loop.add_reader(udp.fileno(), on_ayiya)
+                    stack.callback(loop.remove_reader, udp.fileno())
+                    tasks.append(asyncio.create_task(noops()))
+                    log.info("ayiya to %s port %d", n.server_ipv4, AYIYA_PORT)
+                elif v4v6:
+                    raw6 = _raw_socket(
+                        socket.AF_INET6, _IPPROTO_IPIP, n.client_ipv6, n.local_address
+                    )
+                    stack.callback(raw6.close)
+                    server6 = ipaddress.IPv6Address(n.server_ipv6)
+                    target = (str(server6), 0)
+
+                    def send(pkt: bytes) -> None:
+                        try:
+                            raw6.sendto(pkt, target)
+                        except OSError:
+                            pass  # as for 6in4: a router drops, so do we
+
+                    def on_raw6() -> None:
+                        nonlocal dropped
+                        for _ in range(_BATCH):
+                            try:
+                                inner, source = raw6.recvfrom(_READ_SIZE)
+                            except BlockingIOError:
+                                return
+                            except OSError as e:
+                                log.debug("raw socket: %s", e)
+                                return
+                            # A raw IPv6 socket hands over the payload; the outer source comes
+                            # with it. Only our server's packets enter (the ingress check).
+                            if ipaddress.IPv6Address(source[0].split("%")[0]) != server6:
+                                dropped += 1
+                            else:
+                                from_tunnel(inner)
+
+                    loop.add_reader(raw6.fileno(), on_raw6)
+                    stack.callback(loop.remove_reader, raw6.fileno())
+                    log.info("4in6 to %s from %s", n.server_ipv6, raw6.getsockname()[0])
+                else:
+                    raw = _raw_socket(socket.AF_INET, _IPPROTO_IPV6, n.client_ipv4, n.local_address)
+                    stack.callback(raw.close)
+                    server = (n.server_ipv4, 0)
+                    server_packed = ipaddress.IPv4Address(n.server_ipv4).packed
+
+                    def send(pkt: bytes) -> None:
+                        try:
+                            raw.sendto(pkt, server)
+                        except OSError:
+                            pass  # a full buffer or no route: a router drops, so do we
+
+                    def on_raw() -> None:
+                        nonlocal dropped
+                        for _ in range(_BATCH):
+                            try:
+                                outer = raw.recv(_READ_SIZE)
+                            except BlockingIOError:
+                                return
+                            except OSError as e:
+                                log.debug("raw socket: %s", e)
+                                return
+                            inner = decapsulate_6in4(outer, server_packed)
+                            if inner is None:
+                                dropped += 1  # not from our server: the ingress check
+                            else:
+                                from_tunnel(inner)
+
+                    loop.add_reader(raw.fileno(), on_raw)
+                    stack.callback(loop.remove_reader, raw.fileno())
+                    log.info("6in4 to %s from %s", n.server_ipv4, raw.getsockname()[0])
+                    if n.tunnel_type == "heartbeat":
+                        _start_heartbeats(n, stack, tasks)
+
+                def on_tun() -> None:
+                    nonlocal dropped
+                    for pkt in tun.read_batch(_BATCH):
+                        if pkt and pkt[0] >> 4 == inner_version:
+                            send(pkt)
+                        else:
+                            dropped += 1
+
+                loop.add_reader(tun.fileno(), on_tun)
+                stack.callback(loop.remove_reader, tun.fileno())
 
             _use_prefix(n, lan_interface, stack)
 
             if ka is not None:
+                if fast is not None:
+                    # The replies never reach Python on the fast path: the keepalive talks
+                    # through the TUN, as through a kernel device.
+                    echo = EchoSocket(tun.name, inner_address)
+                    stack.callback(echo.close)
+                    watch_replies(echo, ka, stack)
+                    send = echo.send
                 _start_keepalive(ka, n, send, end, rand, tasks)
             _start_source_watch(n, source_check_interval, end, tasks)
 
@@ -637,6 +705,8 @@ async def run_tunnel(
                 on_up(n)
 
             reason = await _until_ended(ended, stop)
+            if fast is not None:
+                dropped += fast.stats()["dropped"] + fast.punted
             log.info("%s down: %s (%d packets dropped)", tun.name, reason, dropped)
             return reason
         finally:
@@ -666,6 +736,7 @@ async def run_client(
     clock: Callable[[], float] = time.monotonic,
     negotiator: Callable[[], Awaitable[Negotiated]] | None = None,
     backend: str = "userspace",
+    fast_path: bool = True,
     **negotiate_options: Any,
 ) -> None:
     """Keep a tunnel with broker ``server`` up until ``stop`` is set.
@@ -681,6 +752,7 @@ async def run_client(
 
     ``backend`` (``userspace``, ``kernel`` or ``auto``) says where each tunnel runs:
     :class:`tunnelbroker.client.kernel.BackendChooser` decides, per negotiated tunnel.
+    ``fast_path``: see :func:`run_tunnel`.
 
     Raises:
         TspClientError: the broker refused with a code in :data:`PERMANENT_REFUSALS`.
@@ -751,6 +823,7 @@ async def run_client(
                 on_up=on_up,
                 source_check_interval=source_check_interval,
                 rand=rand,
+                fast_path=fast_path,
             )
         except OSError as e:
             if connections == 1:
