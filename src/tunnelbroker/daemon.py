@@ -32,6 +32,7 @@ from tunnelbroker.store.owner import owner_lock
 from tunnelbroker.store.records import TunnelRecord
 from tunnelbroker.tunnelserver.bridge import installable, state_from_record
 from tunnelbroker.tunnelserver.engine import Expired
+from tunnelbroker.tunnelserver.hostcheck import tunnel_module_warnings
 from tunnelbroker.tunnelserver.userspace import DataPlaneConfig, UserspaceDataPlane
 from tunnelbroker.web.schemas import TunnelStats
 
@@ -225,6 +226,8 @@ class Daemon:
                 "alone."
             ) from e
         self.dataplane = dp
+        for warning in tunnel_module_warnings():
+            log.warning("%s", warning)
         wall, mono = time.time(), time.monotonic()
         for record in broker.tunnels.values():
             if self._carried(record):
