@@ -35,6 +35,7 @@ from tests.e2e.test_client_lab import (
     USER,
     BrokerInLab,
     Client,
+    broker_config,
     ping_until,
     start_client,
     stop_client,
@@ -203,33 +204,6 @@ def test_the_keepalive_echo_socket_on_lo(address: str) -> None:
 
 
 # ---------------------------------------------------------------------- the CLI in the lab
-
-
-def broker_config(lab: Lab, tmp: Path, data_dir: Path) -> Path:
-    """A broker for the lab: userspace data plane, anonymous tunnels, 1 s keepalives allowed."""
-    config = tmp / "broker.toml"
-    config.write_text(
-        f"""
-data_dir = "{data_dir}"
-[broker]
-server_ipv4 = "{lab.addr.broker_v4}"
-server_ipv6 = "{lab.addr.broker_client_v6}"
-[tsp]
-listen = ["{lab.addr.broker_v4}", "{lab.addr.broker_client_v6}"]
-[tunnelserver]
-backend = "userspace"
-[keepalive]
-min_interval = 1
-[web]
-listen = ["127.0.0.1"]
-[sixxs]
-listen = ["{lab.addr.broker_v4}"]
-heartbeat_interval = 10
-[logging]
-level = "DEBUG"
-"""
-    )
-    return config
 
 
 @pytest.fixture

@@ -115,14 +115,12 @@ class BrokerInLab:
         return 0.0
 
 
-@pytest.fixture
-def broker(lab: Lab, tmp_path: Path) -> Iterator[BrokerInLab]:
-    """``tunnelbroker serve`` in the broker namespace (userspace data plane, short keepalives),
-    with the account ``USER``."""
-    config = tmp_path / "broker.toml"
+def broker_config(lab: Lab, tmp: Path, data_dir: Path) -> Path:
+    """A broker for the lab: userspace data plane, anonymous tunnels, 1 s keepalives allowed."""
+    config = tmp / "broker.toml"
     config.write_text(
         f"""
-data_dir = "{tmp_path / "data"}"
+data_dir = "{data_dir}"
 [broker]
 server_ipv4 = "{lab.addr.broker_v4}"
 server_ipv6 = "{lab.addr.broker_client_v6}"
@@ -141,6 +139,14 @@ heartbeat_interval = 10
 level = "DEBUG"
 """
     )
+    return config
+
+
+@pytest.fixture
+def broker(lab: Lab, tmp_path: Path) -> Iterator[BrokerInLab]:
+    """``tunnelbroker serve`` in the broker namespace (userspace data plane, short keepalives),
+    with the account ``USER``."""
+    config = broker_config(lab, tmp_path, tmp_path / "data")
     for user in (USER, USER2):
         lab.run(
             "broker",

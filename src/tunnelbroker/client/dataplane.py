@@ -51,8 +51,8 @@ import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Literal, TypeVar
 
 from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
@@ -84,6 +84,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Where a tunnel's packets cross: a TUN and Python, or a kernel tunnel device.
 DataPlane = Literal["userspace", "kernel"]
@@ -382,6 +384,22 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _received(recv: Callable[[int], T], what: str) -> Iterator[T]:
+    """What ``recv(size)`` returns on a non-blocking socket, a batch at most, until drained.
+
+    An error other than "nothing more" is logged and ends the batch, as a lost packet would.
+    """
+    for _ in range(_BATCH):
+        try:
+            got = recv(_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            log.debug("%s: %s", what, e)
+            return
+        yield got
+
+
 def _fast_forwarder(
     n: Negotiated, tun: TunDevice, stack: contextlib.ExitStack
 ) -> fastpath.PeerForwarder | None:
@@ -580,14 +598,7 @@ async def run_tunnel(
 
                     def on_ayiya() -> None:
                         nonlocal dropped
-                        for _ in range(_BATCH):
-                            try:
-                                datagram = udp.recv(_READ_SIZE)
-                            except BlockingIOError:
-                                return
-                            except OSError as e:
-                                log.debug("ayiya socket: %s", e)
-                                return
+                        for datagram in _received(udp.recv, "ayiya socket"):
                             got = link.receive(datagram, time.time())
                             if isinstance(got, AyiyaDrop):
                                 log.debug("ayiya datagram dropped: %s", got.value)
@@ -625,14 +636,7 @@ async def run_tunnel(
 
                     def on_raw6() -> None:
                         nonlocal dropped
-                        for _ in range(_BATCH):
-                            try:
-                                inner, source = raw6.recvfrom(_READ_SIZE)
-                            except BlockingIOError:
-                                return
-                            except OSError as e:
-                                log.debug("raw socket: %s", e)
-                                return
+                        for inner, source in _received(raw6.recvfrom, "raw socket"):
                             # A raw IPv6 socket hands over the payload; the outer source comes
                             # with it. Only our server's packets enter (the ingress check).
                             if ipaddress.IPv6Address(source[0].split("%")[0]) != server6:
@@ -657,14 +661,7 @@ async def run_tunnel(
 
                     def on_raw() -> None:
                         nonlocal dropped
-                        for _ in range(_BATCH):
-                            try:
-                                outer = raw.recv(_READ_SIZE)
-                            except BlockingIOError:
-                                return
-                            except OSError as e:
-                                log.debug("raw socket: %s", e)
-                                return
+                        for outer in _received(raw.recv, "raw socket"):
                             inner = decapsulate_6in4(outer, server_packed)
                             if inner is None:
                                 dropped += 1  # not from our server: the ingress check
