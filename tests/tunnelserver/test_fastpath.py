@@ -1,9 +1,9 @@
 """The C fast path through the userspace data plane, against the real kernel.
 
 Each scenario runs in a throwaway network namespace (a thread of its own, see
-``in_throwaway_netns``): a real TUN, a real TSP-style UDP socket and a raw protocol-41 socket
-on loopback; "clients" are sockets on other loopback addresses and "the internet" is an IPv6
-address on lo with a UDP socket behind it.
+``in_throwaway_netns``): a real TUN, a real TSP-style UDP socket, a raw protocol-41 socket and
+an AYIYA socket on loopback; "clients" are sockets on other loopback addresses and "the
+internet" is an IPv6 address on lo with a UDP socket behind it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import select
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.tunnelserver.netns import needs_netns
 
+from tunnelbroker.protocols.ayiya import (
+    NEXT_HEADER_NONE,
+    AyiyaDrop,
+    AyiyaLink,
+    AyiyaPacket,
+    OpCode,
+    ReplayCache,
+    Role,
+    Verdict,
+    encode,
+)
 from tunnelbroker.tunnelserver import fastpath
 from tunnelbroker.tunnelserver.engine import Drop, Encap, TunnelState
 from tunnelbroker.tunnelserver.kernel import in_throwaway_netns
@@ -42,6 +54,12 @@ UDP_SERVER6 = "2001:db8:8000::1"
 UDP_ROUTED = "2001:db8:8100::/64"
 V6V4_CLIENT6 = "2001:db8:8001::2"
 V6V4_SERVER6 = "2001:db8:8001::1"
+AY_CLIENT4 = "127.0.0.4"
+AY_MOVED4 = "127.0.0.5"
+AY_CLIENT6 = "2001:db8:8002::2"
+AY_SERVER6 = "2001:db8:8002::1"
+AY_SECRET = "tunnel secret"
+AY_ID = 5
 
 
 needs_ext = pytest.mark.skipif(fastpath.load() is None, reason="the C extension is not built")
@@ -109,9 +127,10 @@ def recv_from(sock: socket.socket, match: Callable[[bytes], bool], timeout: floa
 
 
 class Plane:
-    """A started data plane in the current namespace, with one TSP-style UDP socket."""
+    """A started data plane in the current namespace, with one TSP-style UDP socket (and an
+    AYIYA socket, with a client socket for it, if asked)."""
 
-    def __init__(self, fast: bool) -> None:
+    def __init__(self, fast: bool, ayiya: bool = False) -> None:
         def up(ipr: Any) -> None:
             ipr.link("set", index=1, state="up")
             iface = ipaddress.IPv6Interface(f"{HOST6}/128")
@@ -119,16 +138,23 @@ class Plane:
             wait_until_local(ipr, [iface])
 
         iproute_call(up)
+        self.learned: list[tuple[int, str, int]] = []
         self.dp = UserspaceDataPlane(
             DataPlaneConfig(
                 tun_name="tbfast0",
                 tun_mtu=1500,
                 server_ipv4=SERVER4,
                 routes=("2001:db8:8000::/33",),
+                ayiya_port=0 if ayiya else None,
                 fast_path=fast,
-            )
+            ),
+            on_learned=self.learned.extend,
         )
         self.dp.start()
+        self.ayiya_to = (SERVER4, self.dp.ayiya_port)
+        #: An AYIYA client's socket.
+        self.ay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.ay.bind((AY_CLIENT4, 0))
         self.tsp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.tsp.bind((SERVER4, 0))
         self.tsp.setblocking(False)
@@ -145,7 +171,7 @@ class Plane:
         if self.adopted:
             self.dp.release_udp(self.tsp)
         self.dp.stop()
-        for s in (self.tsp, self.client, self.host):
+        for s in (self.tsp, self.client, self.host, self.ay):
             s.close()
 
     def add_udp_tunnel(self, tunnel_id: int = 1, mtu: int = 1280) -> TunnelState:
@@ -169,6 +195,11 @@ class Plane:
         with self.dp._lock:
             return dict(self.dp.core.drops)
 
+    def ayiya_drops(self) -> dict[AyiyaDrop, int]:
+        self.dp.fold_counters()
+        with self.dp._lock:
+            return dict(self.dp.core.ayiya_drops)
+
     def tunnel(self, tunnel_id: int) -> TunnelState:
         self.dp.fold_counters()
         with self.dp._lock:
@@ -178,8 +209,8 @@ class Plane:
 
 
 @contextmanager
-def plane(fast: bool = True) -> Iterator[Plane]:
-    p = Plane(fast)
+def plane(fast: bool = True, ayiya: bool = False) -> Iterator[Plane]:
+    p = Plane(fast, ayiya)
     try:
         yield p
     finally:
@@ -454,19 +485,353 @@ def test_tsp_listener_socket_adopted_data_flows_while_the_loop_is_blocked() -> N
     in_throwaway_netns(scenario)
 
 
+# ---------------------------------------------------------------------- AYIYA
+
+
+def _server_link(secret: str = AY_SECRET) -> AyiyaLink:
+    return AyiyaLink(
+        secret,
+        role=Role.SERVER,
+        local=ipaddress.IPv6Address(AY_SERVER6),
+        remote=ipaddress.IPv6Address(AY_CLIENT6),
+    )
+
+
+def _client_link(secret: str = AY_SECRET) -> AyiyaLink:
+    return AyiyaLink(
+        secret,
+        role=Role.CLIENT,
+        local=ipaddress.IPv6Address(AY_CLIENT6),
+        remote=ipaddress.IPv6Address(AY_SERVER6),
+    )
+
+
+def ayiya_state(remote: str = "", port: int | None = None, secret: str = AY_SECRET) -> TunnelState:
+    """The AYIYA tunnel as the daemon installs it: found by its identity, endpoint learnt."""
+    return TunnelState(
+        tunnel_id=AY_ID,
+        encap=Encap.AYIYA,
+        remote=remote,
+        port=port,
+        prefixes=[ipaddress.IPv6Network(f"{AY_CLIENT6}/128")],
+        server_inner=AY_SERVER6,
+        ayiya=_server_link(secret),
+    )
+
+
+def _up(data: bytes, sport: int = 5000) -> bytes:
+    """A UDP packet from the AYIYA client to the host."""
+    return udp6(AY_CLIENT6, HOST6, sport, 7000, data)
+
+
+def _whole_second() -> float:
+    """Now, in whole seconds: datagrams built from it carry exactly this epoch."""
+    return float(int(time.time()))
+
+
+def _ayiya_up(p: Plane, link: AyiyaLink) -> tuple[TunnelState, fastpath.FastPath]:
+    """The AYIYA tunnel installed, and its endpoint learnt from a first datagram."""
+    assert p.dp.fast is not None
+    state = ayiya_state()
+    p.dp.add_tunnel(state)
+    p.ay.sendto(link.forward(_up(b"hello"), time.time()), p.ayiya_to)
+    p.host.settimeout(5)
+    assert p.host.recvfrom(100)[0] == b"hello"
+    return state, p.dp.fast
+
+
+def _deltas(now: dict[Any, int], base: dict[Any, int]) -> dict[Any, int]:
+    return {k: now[k] - base[k] for k in now if now[k] != base[k]}
+
+
+@needs_netns
+@needs_ext
+def test_ayiya_both_ways_in_c_after_python_learns_the_endpoint() -> None:
+    def scenario() -> None:
+        with plane(ayiya=True) as p:
+            assert p.dp.fast is not None
+            link = _client_link()
+            before = p.dp.fast.stats()
+            state, fast = _ayiya_up(p, link)
+            # The first datagram: no endpoint yet, so Python learnt it (and told C).
+            assert p.learned == [(AY_ID, AY_CLIENT4, p.ay.getsockname()[1])]
+            assert isinstance(state.ayiya and state.ayiya.replay, fastpath.EngineReplay)
+            after_first = fast.stats()
+            assert after_first["punted"] - before["punted"] == 1
+            # From the endpoint: verified and forwarded in C.
+            p.ay.sendto(link.forward(_up(b"in C"), time.time()), p.ayiya_to)
+            assert p.host.recvfrom(100)[0] == b"in C"
+            # Internet -> client: encapsulated, signed with the server's identity, in C.
+            p.host.sendto(b"down", (AY_CLIENT6, 5000))
+            got = link.receive(recv_from(p.ay, lambda d: True), time.time())
+            assert isinstance(got, AyiyaPacket) and got.opcode is OpCode.FORWARD
+            assert got.payload[8:24] == ipaddress.IPv6Address(HOST6).packed
+            assert got.payload[48:] == b"down"
+            stats = fast.stats()
+            assert stats["fast_in"] - after_first["fast_in"] == 1
+            assert stats["fast_out"] - after_first["fast_out"] == 1
+            assert stats["punted"] == after_first["punted"]
+            t = p.tunnel(AY_ID)
+            assert (t.packets_in, t.packets_out) == (2, 1)
+            assert t.bytes_in == 2 * 48 + 5 + 4 and t.bytes_out == 48 + 4
+            # The keepalive echo to the server's address is punted and answered by Python.
+            p.ay.sendto(
+                link.forward(echo_request(AY_CLIENT6, AY_SERVER6, 1), time.time()), p.ayiya_to
+            )
+            reply = link.receive(recv_from(p.ay, lambda d: True), time.time())
+            assert isinstance(reply, AyiyaPacket) and reply.payload[40] == 129
+            assert fast.stats()["punted"] == after_first["punted"] + 1
+            assert p.learned == [(AY_ID, AY_CLIENT4, p.ay.getsockname()[1])]
+
+    in_throwaway_netns(scenario)
+
+
+@needs_netns
+@needs_ext
+def test_ayiya_replays_bad_signatures_and_clock_skew_are_dropped_in_c() -> None:
+    def scenario() -> None:
+        with plane(ayiya=True) as p:
+            link = _client_link()
+            _, fast = _ayiya_up(p, link)
+            base, base_ay, base_stats = p.drops(), p.ayiya_drops(), fast.stats()
+            datagram = link.forward(_up(b"once"), time.time())
+            p.ay.sendto(datagram, p.ayiya_to)
+            assert p.host.recvfrom(100)[0] == b"once"
+            p.ay.sendto(datagram, p.ayiya_to)
+            p.ay.sendto(
+                _client_link("another secret").forward(_up(b"forged"), time.time()), p.ayiya_to
+            )
+            p.ay.sendto(link.forward(_up(b"late"), time.time() - 500), p.ayiya_to)
+            wait_for("the drops", lambda: sum(_deltas(p.ayiya_drops(), base_ay).values()) >= 3)
+            assert _deltas(p.ayiya_drops(), base_ay) == {
+                AyiyaDrop.REPLAYED: 1,
+                AyiyaDrop.BAD_SIGNATURE: 1,
+                AyiyaDrop.CLOCK_SKEW: 1,
+            }
+            delta = _deltas(p.drops(), base)
+            delta.pop(Drop.NO_ROUTE, None)  # the kernel's own chatter into the TUN
+            assert delta == {Drop.BAD_AYIYA: 3}
+            assert fast.stats()["punted"] == base_stats["punted"]  # all decided in C
+            p.host.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                p.host.recvfrom(100)
+
+    in_throwaway_netns(scenario)
+
+
+@needs_netns
+@needs_ext
+def test_ayiya_move_is_decided_in_python_then_c_forwards_from_the_new_address() -> None:
+    def scenario() -> None:
+        with plane(ayiya=True) as p, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as moved:
+            moved.bind((AY_MOVED4, 0))
+            link = _client_link()
+            second = _whole_second()
+            state = ayiya_state()
+            p.dp.add_tunnel(state)
+            p.ay.sendto(link.forward(_up(b"hello"), second), p.ayiya_to)
+            p.host.settimeout(5)
+            assert p.host.recvfrom(100)[0] == b"hello"
+            fast = p.dp.fast
+            assert fast is not None
+            before = fast.stats()
+            # The NAT mapping changed: a newer datagram from elsewhere moves the tunnel.
+            moved.sendto(link.forward(_up(b"moved"), second + 1), p.ayiya_to)
+            assert p.host.recvfrom(100)[0] == b"moved"
+            where = (AY_MOVED4, moved.getsockname()[1])
+            assert p.learned[-1] == (AY_ID, *where)
+            assert (state.remote, state.port) == where
+            after_move = fast.stats()
+            assert after_move["punted"] == before["punted"] + 1
+            moved.sendto(link.forward(_up(b"moved, in C"), second + 1), p.ayiya_to)
+            assert p.host.recvfrom(100)[0] == b"moved, in C"
+            p.host.sendto(b"to the new address", (AY_CLIENT6, 5000))
+            got = link.receive(recv_from(moved, lambda d: True), time.time())
+            assert isinstance(got, AyiyaPacket) and got.payload[48:] == b"to the new address"
+            stats = fast.stats()
+            assert stats["punted"] == after_move["punted"]
+            assert stats["fast_in"] == after_move["fast_in"] + 1
+            assert stats["fast_out"] == after_move["fast_out"] + 1
+            # The old address is a stranger now: its datagrams go to Python, which refuses a
+            # move to an older second.
+            base_ay = p.ayiya_drops()
+            p.ay.sendto(link.forward(_up(b"old address"), second), p.ayiya_to)
+            wait_for("stale move", lambda: _deltas(p.ayiya_drops(), base_ay))
+            assert _deltas(p.ayiya_drops(), base_ay) == {AyiyaDrop.STALE_MOVE: 1}
+
+    in_throwaway_netns(scenario)
+
+
+@needs_netns
+@needs_ext
+def test_a_replay_from_a_new_address_does_not_move_the_tunnel() -> None:
+    """C accepted the datagram; Python sees its replay from elsewhere, checks it against the
+    same replay cache, and refuses it: the tunnel stays where it is."""
+
+    def scenario() -> None:
+        with plane(ayiya=True) as p, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as thief:
+            thief.bind((AY_MOVED4, 0))
+            link = _client_link()
+            second = _whole_second()
+            state = ayiya_state()
+            p.dp.add_tunnel(state)
+            p.ay.sendto(link.forward(_up(b"hello"), second), p.ayiya_to)
+            p.host.settimeout(5)
+            assert p.host.recvfrom(100)[0] == b"hello"
+            fast = p.dp.fast
+            assert fast is not None
+            before = fast.stats()
+            accepted = link.forward(_up(b"accepted in C"), second)
+            p.ay.sendto(accepted, p.ayiya_to)
+            assert p.host.recvfrom(100)[0] == b"accepted in C"
+            assert fast.stats()["fast_in"] == before["fast_in"] + 1
+            base_ay = p.ayiya_drops()
+            thief.sendto(accepted, p.ayiya_to)
+            # Not a replay, but no newer than what was accepted: no move either.
+            thief.sendto(link.forward(_up(b"same second"), second), p.ayiya_to)
+            wait_for("both refused", lambda: sum(_deltas(p.ayiya_drops(), base_ay).values()) >= 2)
+            assert _deltas(p.ayiya_drops(), base_ay) == {
+                AyiyaDrop.REPLAYED: 1,
+                AyiyaDrop.STALE_MOVE: 1,
+            }
+            assert (state.remote, state.port) == (AY_CLIENT4, p.ay.getsockname()[1])
+            assert len(p.learned) == 1
+            p.host.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                p.host.recvfrom(100)
+
+    in_throwaway_netns(scenario)
+
+
+@needs_netns
+@needs_ext
+def test_reinstalling_an_ayiya_tunnel_with_its_key_keeps_the_replay_cache() -> None:
+    def scenario() -> None:
+        with plane(ayiya=True) as p:
+            link = _client_link()
+            state, fast = _ayiya_up(p, link)
+            accepted = link.forward(_up(b"accepted"), time.time())
+            p.ay.sendto(accepted, p.ayiya_to)
+            assert p.host.recvfrom(100)[0] == b"accepted"
+            # As the daemon does when the record changes (the learnt endpoint stored, say).
+            again = ayiya_state(AY_CLIENT4, p.ay.getsockname()[1])
+            p.dp.add_tunnel(again)
+            assert again.ayiya is state.ayiya  # the core kept the link, C kept its cache
+            base_ay, base_stats = p.ayiya_drops(), fast.stats()
+            p.ay.sendto(accepted, p.ayiya_to)
+            wait_for("the replay", lambda: _deltas(p.ayiya_drops(), base_ay))
+            assert _deltas(p.ayiya_drops(), base_ay) == {AyiyaDrop.REPLAYED: 1}
+            assert fast.stats()["punted"] == base_stats["punted"]  # C knew the endpoint too
+            p.ay.sendto(link.forward(_up(b"still forwarded"), time.time()), p.ayiya_to)
+            assert p.host.recvfrom(100)[0] == b"still forwarded"
+
+    in_throwaway_netns(scenario)
+
+
+@needs_netns
+@needs_ext
+def test_peer_forwarder_speaks_ayiya_to_a_pop() -> None:
+    """The client end in C (PeerForwarder in AYIYA mode) against the PoP's Python link."""
+
+    def scenario() -> None:
+        from tunnelbroker.tunnelserver.tun import TunDevice
+
+        iproute_call(lambda ipr: ipr.link("set", index=1, state="up"))
+        client = _client_link()
+        pop_link = _server_link()
+        with (
+            TunDevice.open("tbpeer0") as tun,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as pop,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+        ):
+            tun.configure(mtu=1280, addresses=[f"{AY_CLIENT6}/128"])
+            tun.add_route(f"{HOST6}/128")
+            pop.bind((SERVER4, 0))
+            sock.bind((AY_CLIENT4, 0))
+            sock.setblocking(False)
+            fw = fastpath.PeerForwarder(tun.fds[0], sock, pop.getsockname(), ayiya=client)
+            assert isinstance(client.replay, fastpath.EngineReplay)
+            fw.start()
+            try:
+                with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as app:
+                    app.bind((AY_CLIENT6, 5000))
+                    app.settimeout(5)
+                    # Up: from the TUN, a signed Forward from the client's identity.
+                    app.sendto(b"up", (HOST6, 7000))
+                    # (The kernel's own router solicitations go that way too.)
+                    up = recv_from(pop, lambda d: d.endswith(b"up"))
+                    got = pop_link.receive(up, time.time())
+                    assert isinstance(got, AyiyaPacket) and got.opcode is OpCode.FORWARD
+                    assert got.payload[8:24] == ipaddress.IPv6Address(AY_CLIENT6).packed
+                    assert got.payload[48:] == b"up"
+                    # Down: verified as a client does, into the TUN.
+                    down = pop_link.forward(
+                        udp6(HOST6, AY_CLIENT6, 7000, 5000, b"down"), time.time()
+                    )
+                    to = sock.getsockname()
+                    pop.sendto(down, to)
+                    assert app.recvfrom(100) == (b"down", (HOST6, 7000, 0, 0))
+                    pop.sendto(down, to)  # a replay
+                    forged = _server_link("another secret").forward(
+                        udp6(HOST6, AY_CLIENT6, 7000, 5000, b"forged"), time.time()
+                    )
+                    pop.sendto(forged, to)
+                    # An echo request (and anything not a Forward) is left to a slow path.
+                    echo = encode(
+                        OpCode.ECHO_REQUEST,
+                        NEXT_HEADER_NONE,
+                        int(time.time()),
+                        pop_link.local,
+                        b"",
+                        pop_link.key,
+                    )
+                    pop.sendto(echo, to)
+                    punts = wait_for("the punt", lambda: fw.take_punts())
+                    assert [(k, d) for k, _, d, *_ in punts] == [(fw.module.PUNT_AYIYA, echo)]
+                    drops: Counter[str] = Counter()
+
+                    def dropped() -> bool:
+                        drops.update(fw.drops())
+                        return drops["BAD_AYIYA"] >= 2
+
+                    wait_for("the drops", dropped)
+                    assert drops == {"BAD_AYIYA": 2, "REPLAYED": 1, "BAD_SIGNATURE": 1}
+                    app.settimeout(0.2)
+                    with pytest.raises(TimeoutError):
+                        app.recvfrom(100)
+                    stats = fw.stats()
+                    # (Out: the router solicitations as well.)
+                    assert stats["fast_in"] == 1 and stats["fast_out"] >= 1
+            finally:
+                fw.stop()
+
+    in_throwaway_netns(scenario)
+
+
 # ---------------------------------------------------------------------- without the extension
 
 
 def test_the_extension_is_built_wherever_it_can_be() -> None:
     """scripts/install builds it (optional in setup.py, so a failed build would pass
-    silently): with a compiler and the Python headers here, it must be importable, or every
-    test above would be skipped and the daemon would forward in Python."""
+    silently): with a compiler, the Python headers and OpenSSL's here, it must be importable,
+    or every test above would be skipped and the daemon would forward in Python."""
     import shutil
+    import subprocess
     import sysconfig
 
     headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
-    if shutil.which("gcc") is None or not headers.exists():
+    gcc = shutil.which("gcc")
+    if gcc is None or not headers.exists():
         pytest.skip("no C compiler or Python headers here: the pure-Python path is expected")
+    # Where the compiler looks, as the build does (AYIYA's SHA-1 is libcrypto's).
+    openssl = subprocess.run(
+        [gcc, "-E", "-x", "c", "-"],
+        input=b"#include <openssl/evp.h>\n",
+        capture_output=True,
+        timeout=60,
+    )
+    if openssl.returncode != 0:
+        pytest.skip("no OpenSSL headers (libssl-dev) here: the pure-Python path is expected")
     assert fastpath.load() is not None, "pip install -e . did not build _fastpath"
 
 
@@ -545,6 +910,7 @@ def _state(tunnel_id: int, encap: Encap, remote: str, prefix: str) -> TunnelStat
         port=4000 if encap is Encap.V6UDPV4 else None,
         prefixes=[ipaddress.ip_network(prefix)],
         server_inner="2001:db8:8000::1" if encap is not Encap.V4V6 else "100.64.0.2",
+        ayiya=_server_link() if encap is Encap.AYIYA else None,
     )
     state._derive()
     return state
@@ -554,7 +920,7 @@ def test_tables_follow_install_replace_and_remove(idle_fast: fastpath.FastPath) 
     engine = idle_fast.engine
     idle_fast.install(_state(1, Encap.V6V4, "192.0.2.1", "2001:db8:8000::2/128"))
     idle_fast.install(_state(2, Encap.V6UDPV4, "192.0.2.2", "2001:db8:8001::/64"))
-    idle_fast.install(_state(3, Encap.AYIYA, "", "2001:db8:8002::/64"))  # routes only
+    idle_fast.install(_state(3, Encap.AYIYA, "", "2001:db8:8002::/64"))  # no endpoint yet
     assert engine.stats()["tunnels"] == 3
     idle_fast.install(_state(1, Encap.V6UDPV4, "192.0.2.9", "2001:db8:8000::2/128"))
     assert engine.stats()["tunnels"] == 3  # replaced, not added
@@ -608,3 +974,113 @@ def test_bad_tunnel_arguments_are_refused(idle_fast: fastpath.FastPath) -> None:
     with pytest.raises(ValueError):
         engine.remove_udp(99)
     assert engine.stats()["tunnels"] == 1
+
+
+def _ayiya_args(m: Any, key: bytes = b"k" * 20, remote: bytes = b"") -> dict[str, Any]:
+    return {
+        "tunnel_id": 1,
+        "kind": m.KIND_AYIYA,
+        "remote": remote,
+        "port": 5072 if remote else 0,
+        "server_inner": ipaddress.IPv6Address(AY_SERVER6).packed,
+        "mtu": 1280,
+        "prefixes": [(ipaddress.IPv6Address(AY_CLIENT6).packed, 128)],
+        "identity": ipaddress.IPv6Address(AY_CLIENT6).packed,
+        "local": ipaddress.IPv6Address(AY_SERVER6).packed,
+        "key": key,
+    }
+
+
+def test_the_ayiya_replay_cache_survives_a_reinstall_with_the_same_key(
+    idle_fast: fastpath.FastPath,
+) -> None:
+    engine, m = idle_fast.engine, idle_fast.module
+    engine.set_tunnel(**_ayiya_args(m))
+    assert engine.ayiya_replay_state(1) == (None, 0)
+    digest = bytes(range(1, 21))
+    assert engine.ayiya_replay_check(1, 100, digest, False) == 0
+    engine.set_tunnel(**_ayiya_args(m, remote=b"\xc0\0\2\1"))  # same key, an endpoint now
+    assert engine.ayiya_replay_state(1) == (100, 1)
+    assert engine.ayiya_replay_check(1, 100, digest, False) == 1  # replayed
+    assert engine.ayiya_replay_seen(1, digest)
+    engine.set_tunnel(**_ayiya_args(m, key=b"n" * 20))  # a new secret: a new cache
+    assert engine.ayiya_replay_state(1) == (None, 0) and not engine.ayiya_replay_seen(1, digest)
+    assert engine.set_endpoint(1, b"\xc0\0\2\1", 5072)
+    assert not engine.set_endpoint(2, b"\xc0\0\2\1", 5072)  # no such tunnel
+    engine.remove_tunnel(1)
+    with pytest.raises(KeyError):
+        engine.ayiya_replay_check(1, 100, digest, False)
+
+
+def test_engine_replay_falls_back_to_a_cache_of_its_own(idle_fast: fastpath.FastPath) -> None:
+    replay = fastpath.EngineReplay(idle_fast.engine, 99)  # the engine has no tunnel 99
+    assert replay.newest is None and len(replay) == 0 and replay.slots == 1024
+    digest = bytes(range(1, 21))
+    assert replay.check_and_record(7, digest) is Verdict.ACCEPTED
+    assert replay.check_and_record(7, digest) is Verdict.REPLAYED
+    assert replay.newest == 7 and replay.seen(digest) and len(replay) == 1
+
+
+def test_bad_ayiya_arguments_are_refused(idle_fast: fastpath.FastPath) -> None:
+    engine, m = idle_fast.engine, idle_fast.module
+    good = _ayiya_args(m)
+    for bad in (
+        {"identity": bytes(4)},
+        {"local": b""},
+        {"key": bytes(16)},
+        {"remote": b"\1\2"},
+        {"clock_window": -1},
+    ):
+        with pytest.raises(ValueError):
+            engine.set_tunnel(**{**good, **bad})
+    engine.set_tunnel(**good)
+    with pytest.raises(ValueError):
+        engine.ayiya_replay_check(1, 1, b"short", False)
+    with pytest.raises(ValueError):
+        engine.set_endpoint(1, b"\1\2\3", 1)
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as six:
+        with pytest.raises(ValueError):
+            engine.add_ayiya(six.fileno())
+    assert engine.stats()["tunnels"] == 1
+
+
+#: Digests that share slots (bytes 8-9), repeat, and one whose key is all zeros.
+_DIGESTS = [bytes([a] * 8) + bytes([0, b]) + bytes(10) for a in (0, 1, 2) for b in (0, 1)] + [
+    bytes([3] * 8) + bytes([4, 0]) + bytes(10)
+]  # slot 0 again, through the 1,024 mask
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=6),
+            st.sampled_from(_DIGESTS),
+            st.booleans(),
+        ),
+        max_size=40,
+    )
+)
+def test_the_c_replay_cache_decides_as_replay_cache(
+    steps: list[tuple[int, bytes, bool]],
+) -> None:
+    """The engine's cache against the reference (protocols/ayiya/replay.py), step by step."""
+    module = fastpath.load()
+    if module is None:
+        pytest.skip("the C extension is not built")
+    r, w = os.pipe()
+    try:
+        engine = module.Engine(r)
+        engine.set_tunnel(**_ayiya_args(module))
+        replay = fastpath.EngineReplay(engine, 1)
+        reference = ReplayCache()
+        for epoch, digest, moving in steps:
+            assert replay.check_and_record(epoch, digest, moving) is (
+                reference.check_and_record(epoch, digest, moving)
+            )
+            assert replay.newest == reference.newest
+            assert len(replay) == len(reference)
+            assert replay.seen(digest) == reference.seen(digest)
+    finally:
+        os.close(r)
+        os.close(w)

@@ -3,24 +3,33 @@
  *
  * Theory of operation
  * -------------------
- * An Engine owns no descriptor: Python opens the TUN, the raw protocol-41 socket and the TSP
- * UDP sockets and hands their numbers in. start() runs one pthread that never touches the
- * interpreter: epoll over those descriptors, then per wake-up a batch of
+ * An Engine owns no descriptor: Python opens the TUN, the raw protocol-41 socket, the TSP
+ * UDP sockets and the AYIYA socket and hands their numbers in. start() runs one pthread that
+ * never touches the interpreter: epoll over those descriptors, then per wake-up a batch of
  *
  *   TUN read -> longest-prefix match on the destination -> encapsulate -> sendmmsg
  *   recvmmsg -> tunnel by outer source (and port) -> ingress filter -> TUN write
+ *   recvmmsg (AYIYA) -> tunnel by identity -> clock, SHA-1, replay -> ingress filter -> TUN
  *
  * Only the common case is decided here. Everything else is *punted*: copied into a bounded
  * queue and signalled on an eventfd, where the Python slow path (ForwardingCore, the tested
  * reference) takes it with take_punts(). Punted: IPv4 from the TUN (v4v6), packets for
- * tunnels this code does not encapsulate (AYIYA, v4v6: kind PUNT), packets over the tunnel
- * MTU (Packet Too Big is built in Python), packets to the server's tunnel address (keepalive
- * echo), data from unknown endpoints, and every UDP datagram that is not IPv6 (TSP
- * signalling, first nibble 0xF, goes back to the asyncio listener from there).
+ * tunnels this code does not encapsulate (v4v6: kind PUNT), packets over the tunnel MTU
+ * (Packet Too Big is built in Python), packets to the server's tunnel address (keepalive
+ * echo), data from unknown endpoints, every UDP datagram that is not IPv6 (TSP signalling,
+ * first nibble 0xF, goes back to the asyncio listener from there), and every AYIYA datagram
+ * other than a signed, fresh Forward of IPv6 from the tunnel's current endpoint (NOOPs, echo
+ * requests, IPv4 inside, unknown identities, anything malformed, and a datagram from a new
+ * address, which may move the tunnel: Python decides that).
  *
  * What this code does decide, it decides exactly as ForwardingCore does: the same drop
- * reasons (MALFORMED, NO_ROUTE, SPOOFED_SOURCE, LINK_LOCAL) and the same counters. A packet
- * is counted once, by whichever side handles it: punted packets are counted in Python.
+ * reasons (MALFORMED, NO_ROUTE, SPOOFED_SOURCE, LINK_LOCAL; BAD_AYIYA with the AyiyaDrop
+ * reason apart) and the same counters. A packet is counted once, by whichever side handles
+ * it: punted packets are counted in Python.
+ *
+ * AYIYA's replay cache (protocols/ayiya/replay.py ReplayCache, same slots, same rules) lives
+ * here, one per tunnel: Python checks punted datagrams against it through
+ * ayiya_replay_check(), so a datagram accepted on either side is a replay on both.
  *
  * Every length read off the network or the TUN is checked before it is used.
  *
@@ -35,7 +44,10 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -57,19 +69,43 @@
 /* Packets waiting for the slow path; past this they are dropped as OVERLOAD. */
 #define PUNT_CAP 4096
 
+/* AYIYA, the profile AICCU and sixxsd speak (protocols/ayiya/codec.py, docs/sixxs.md):
+ * 8-byte fixed header, 16-byte identity (an IPv6 address), 20-byte SHA-1 signature. */
+#define AY_FIXED 8
+#define AY_SIG_START 24 /* AY_FIXED + identity */
+#define AY_HEADER 44    /* AY_SIG_START + signature */
+#define AY_KEY 20       /* SHA1(tunnel secret) */
+/* Bytes 0-3 of a Forward of IPv6: IdLen 4 | IdType integer; SigLen 5 | SHA-1;
+ * AuthMethod shared secret | OpCode FORWARD; Next Header 41. */
+#define AY_B0 0x41
+#define AY_B1 0x52
+#define AY_B2_FORWARD 0x11
+#define AY_NH_IPV6 41
+/* ReplayCache: 1024 slots of 8 digest bytes (replay.py DEFAULT_SLOTS, _KEY_BYTES). */
+#define REPLAY_SLOTS 1024
+#define REPLAY_KEY 8
+
 /* Tunnel kinds: which encapsulation this code performs itself. */
-enum { KIND_PUNT = 0, KIND_V6V4 = 1, KIND_V6UDPV4 = 2 };
+enum { KIND_PUNT = 0, KIND_V6V4 = 1, KIND_V6UDPV4 = 2, KIND_AYIYA = 3 };
 /* Where a punted packet came from. */
-enum { PUNT_TUN = 0, PUNT_PROTO41 = 1, PUNT_UDP = 2 };
+enum { PUNT_TUN = 0, PUNT_PROTO41 = 1, PUNT_UDP = 2, PUNT_AYIYA = 3 };
 /* Drop reasons; the names are ForwardingCore's Drop members. */
-enum { D_MALFORMED, D_NO_ROUTE, D_SPOOFED_SOURCE, D_LINK_LOCAL, D_OVERLOAD, N_DROPS };
+enum { D_MALFORMED, D_NO_ROUTE, D_SPOOFED_SOURCE, D_LINK_LOCAL, D_OVERLOAD, D_BAD_AYIYA, N_DROPS };
 static const char *const drop_names[N_DROPS] = {
-    "MALFORMED", "NO_ROUTE", "SPOOFED_SOURCE", "LINK_LOCAL", "OVERLOAD",
+    "MALFORMED", "NO_ROUTE", "SPOOFED_SOURCE", "LINK_LOCAL", "OVERLOAD", "BAD_AYIYA",
 };
+/* Why an AYIYA datagram was dropped here; the names are AyiyaDrop members. Each one also
+ * counts as D_BAD_AYIYA, as ForwardingCore._ayiya_drop does. */
+enum { A_CLOCK_SKEW, A_BAD_SIGNATURE, A_REPLAYED, N_AYIYA_DROPS };
+static const char *const ayiya_drop_names[N_AYIYA_DROPS] = {
+    "CLOCK_SKEW", "BAD_SIGNATURE", "REPLAYED",
+};
+/* ReplayCache verdicts (replay.py Verdict). */
+enum { V_ACCEPTED = 0, V_REPLAYED = 1, V_STALE = 2 };
 /* epoll tags. */
-enum { TAG_WAKE = 0, TAG_TUN = 1, TAG_RAW41 = 2, TAG_UDP = 16 };
+enum { TAG_WAKE = 0, TAG_TUN = 1, TAG_RAW41 = 2, TAG_AYIYA = 3, TAG_UDP = 16 };
 /* Hash key kinds. */
-enum { K_ID = 1, K_V4 = 2, K_UDP = 3, K_ROUTE = 4 };
+enum { K_ID = 1, K_V4 = 2, K_UDP = 3, K_ROUTE = 4, K_IDENTITY = 5 };
 
 /* ------------------------------------------------------------------ hash table */
 
@@ -202,6 +238,19 @@ static void ht_del(htab *t, const hkey *k)
 
 /* ------------------------------------------------------------------ tunnels */
 
+/* One AYIYA tunnel's link: who signs what, where the peer is, and its replay cache. */
+typedef struct {
+    uint8_t ident[16]; /* the peer's identity: its datagrams find the tunnel by it */
+    uint8_t local[16]; /* ours, in every datagram we send */
+    uint8_t key[AY_KEY];
+    uint8_t has_endpoint; /* remote4/port of the tunnel hold the peer's (learnt) address */
+    uint8_t has_newest;
+    uint32_t window;      /* clock window, seconds either way */
+    int64_t newest;       /* the newest epoch accepted */
+    uint32_t used;        /* slots holding a digest */
+    uint8_t *slots;       /* REPLAY_SLOTS * REPLAY_KEY, allocated at the first datagram */
+} ayiya_link;
+
 typedef struct {
     int64_t id;
     uint8_t in_use;
@@ -217,6 +266,7 @@ typedef struct {
     uint8_t server_inner[16];
     uint8_t pfx[MAX_PREFIXES][16];
     uint8_t plen[MAX_PREFIXES];
+    ayiya_link *ay; /* KIND_AYIYA only; owned by the tunnel's slot */
     /* Counted since the last take_counters(); Python adds them to its totals. */
     uint64_t pin, pout, bin, bout;
     double last_seen;
@@ -226,7 +276,8 @@ typedef struct {
 typedef struct {
     unsigned n;
     struct mmsghdr msgs[BATCH];
-    struct iovec iov[BATCH];
+    struct iovec iov[BATCH][2]; /* [0] the AYIYA header when there is one, then the packet */
+    uint8_t head[BATCH][AY_HEADER];
     struct sockaddr_in to[BATCH];
     union {
         char buf[CMSG_SPACE(sizeof(struct in_pktinfo))];
@@ -255,6 +306,7 @@ typedef struct {
     int lock_ok;
     int tun_fd;
     int raw41_fd;
+    int ayiya_fd;
     int epfd;
     int wake_fd;
     int punt_fd;
@@ -281,6 +333,7 @@ typedef struct {
     int punt_signalled;
 
     uint64_t drops[N_DROPS];
+    uint64_t ayiya_drops[N_AYIYA_DROPS];
     uint64_t drops_taken; /* dropped before the last take_drops(), for stats() */
     uint64_t send_errors;
     uint64_t fast_in, fast_out, punted, batches;
@@ -297,12 +350,25 @@ typedef struct {
     } rx_ctrl[BATCH];
     outq *q41;
     outq *qudp[MAX_UDP];
+    outq *qayiya;
+    /* SHA-1 for AYIYA, used by the forwarding thread only (under the lock). */
+    EVP_MD *sha1_fetched; /* OpenSSL 3: fetched once, so no init looks it up again */
+    const EVP_MD *sha1;
+    EVP_MD_CTX *md;
 } Engine;
 
 static double now_mono(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* AYIYA's epochs are wall-clock seconds (Python: monotonic now + wall_offset). */
+static double now_wall(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -334,8 +400,20 @@ static void id_key(hkey *k, int64_t id)
     memcpy(k->addr, &id, sizeof id);
 }
 
+static void identity_key(hkey *k, const uint8_t *ident)
+{
+    memset(k, 0, sizeof *k);
+    k->kind = K_IDENTITY;
+    memcpy(k->addr, ident, 16);
+}
+
+/* How datagrams from the tunnel's client find it: by outer source, or by AYIYA identity. */
 static void endpoint_key(hkey *k, const tunnel *t)
 {
+    if (t->kind == KIND_AYIYA) {
+        identity_key(k, t->ay->ident);
+        return;
+    }
     memset(k, 0, sizeof *k);
     k->kind = t->kind == KIND_V6UDPV4 ? K_UDP : K_V4;
     memcpy(k->addr, t->remote4, 4);
@@ -382,8 +460,9 @@ static int source_allowed(const tunnel *t, const uint8_t *src)
     return 0;
 }
 
-/* Unlink slot s from every index that points at it (as ForwardingCore.remove does). */
-static void unlink_tunnel(Engine *e, int32_t s)
+/* Unlink slot s from every index that points at it (as ForwardingCore.remove does). Its AYIYA
+ * link stays with the slot's copy: the caller keeps or frees it (ayiya_free). */
+static ayiya_link *unlink_tunnel(Engine *e, int32_t s)
 {
     tunnel *t = &e->tunnels[s];
     hkey k;
@@ -405,6 +484,64 @@ static void unlink_tunnel(Engine *e, int32_t s)
     t->in_use = 0;
     e->free_slots[e->nfree++] = s;
     e->live--;
+    ayiya_link *ay = t->ay;
+    t->ay = NULL;
+    return ay;
+}
+
+static void ayiya_free(ayiya_link *ay)
+{
+    if (ay != NULL) {
+        free(ay->slots);
+        free(ay);
+    }
+}
+
+/* ------------------------------------------------------------------ AYIYA */
+
+/* ReplayCache.check_and_record (protocols/ayiya/replay.py), the same table and rules: the
+ * slot is named by digest bytes 8-9, it keeps bytes 0-7; a digest still in its slot is a
+ * replay; a datagram that would move the tunnel must be newer than all accepted before; an
+ * all-zero key would read as an empty slot, so such a digest is not remembered.
+ * -1: out of memory (nothing recorded). */
+static int replay_check(ayiya_link *a, int64_t epoch, const uint8_t *digest, int moving)
+{
+    if (a->slots == NULL) {
+        a->slots = calloc(REPLAY_SLOTS, REPLAY_KEY);
+        if (a->slots == NULL)
+            return -1;
+    }
+    static const uint8_t empty[REPLAY_KEY];
+    uint8_t *held = a->slots + (size_t)(((digest[8] << 8) | digest[9]) & (REPLAY_SLOTS - 1)) *
+                                   REPLAY_KEY;
+    int remember = memcmp(digest, empty, REPLAY_KEY) != 0;
+    if (remember && memcmp(held, digest, REPLAY_KEY) == 0)
+        return V_REPLAYED;
+    if (moving && a->has_newest && epoch <= a->newest)
+        return V_STALE;
+    if (remember) {
+        if (memcmp(held, empty, REPLAY_KEY) == 0)
+            a->used++;
+        memcpy(held, digest, REPLAY_KEY);
+    }
+    if (!a->has_newest || epoch > a->newest) {
+        a->newest = epoch;
+        a->has_newest = 1;
+    }
+    return V_ACCEPTED;
+}
+
+/* SHA-1 of a datagram with the key standing in its signature field (codec.compute_signature):
+ * head is its first 24 bytes (fixed header and identity), payload what follows the signature. */
+static int ayiya_sign(Engine *e, const uint8_t *head, const uint8_t *key, const uint8_t *payload,
+                      size_t n, uint8_t out[AY_KEY])
+{
+    unsigned int len = 0;
+    return EVP_DigestInit_ex(e->md, e->sha1, NULL) == 1 &&
+           EVP_DigestUpdate(e->md, head, AY_SIG_START) == 1 &&
+           EVP_DigestUpdate(e->md, key, AY_KEY) == 1 &&
+           (n == 0 || EVP_DigestUpdate(e->md, payload, n) == 1) &&
+           EVP_DigestFinal_ex(e->md, out, &len) == 1 && len == AY_KEY;
 }
 
 /* ------------------------------------------------------------------ the slow-path queue */
@@ -463,12 +600,20 @@ static void flush(Engine *e, int fd, outq *q)
     q->n = 0;
 }
 
-static void enqueue(outq *q, uint8_t *p, size_t n, const uint8_t *addr4, uint16_t port,
-                    uint32_t local4)
+/* Queue packet p (n bytes) for addr4:port; head: NULL, or q->head[q->n] holding the AYIYA
+ * header that goes before it. */
+static void enqueue(outq *q, const uint8_t *head, uint8_t *p, size_t n, const uint8_t *addr4,
+                    uint16_t port, uint32_t local4)
 {
     unsigned i = q->n++;
-    q->iov[i].iov_base = p;
-    q->iov[i].iov_len = n;
+    struct iovec *v = q->iov[i];
+    size_t nv = 0;
+    if (head != NULL) {
+        v[nv].iov_base = (void *)head;
+        v[nv++].iov_len = AY_HEADER;
+    }
+    v[nv].iov_base = p;
+    v[nv++].iov_len = n;
     memset(&q->to[i], 0, sizeof q->to[i]);
     q->to[i].sin_family = AF_INET;
     q->to[i].sin_port = htons(port);
@@ -477,8 +622,8 @@ static void enqueue(outq *q, uint8_t *p, size_t n, const uint8_t *addr4, uint16_
     memset(m, 0, sizeof *m);
     m->msg_name = &q->to[i];
     m->msg_namelen = sizeof q->to[i];
-    m->msg_iov = &q->iov[i];
-    m->msg_iovlen = 1;
+    m->msg_iov = v;
+    m->msg_iovlen = nv;
     if (local4) {
         /* Leave from the address the client sent to (tsp.md §2.3). */
         memset(q->ctrl[i].buf, 0, sizeof q->ctrl[i].buf);
@@ -497,6 +642,7 @@ static void enqueue(outq *q, uint8_t *p, size_t n, const uint8_t *addr4, uint16_
 
 static void tun_batch(Engine *e)
 {
+    uint32_t epoch = 0; /* AYIYA's, read once per batch (0: not yet) */
     for (int i = 0; i < BATCH; i++) {
         uint8_t *p = e->tunbuf + (size_t)i * SLOT;
         ssize_t r = read(e->tun_fd, p, SLOT);
@@ -533,7 +679,31 @@ static void tun_batch(Engine *e)
                 punt_packet(e, PUNT_TUN, -1, p, n, NULL, 0, 0);
                 continue;
             }
-            enqueue(e->q41, p, n, t->remote4, 0, 0);
+            enqueue(e->q41, NULL, p, n, t->remote4, 0, 0);
+        } else if (t->kind == KIND_AYIYA) {
+            if (e->ayiya_fd < 0 || !t->ay->has_endpoint) {
+                /* No datagram from the client yet: the core counts NO_ENDPOINT. */
+                punt_packet(e, PUNT_TUN, -1, p, n, NULL, 0, 0);
+                continue;
+            }
+            /* codec.build_forward: our identity, the epoch in whole seconds, signed. */
+            uint8_t *h = e->qayiya->head[e->qayiya->n];
+            if (epoch == 0)
+                epoch = (uint32_t)(uint64_t)now_wall();
+            h[0] = AY_B0;
+            h[1] = AY_B1;
+            h[2] = AY_B2_FORWARD;
+            h[3] = AY_NH_IPV6;
+            h[4] = (uint8_t)(epoch >> 24);
+            h[5] = (uint8_t)(epoch >> 16);
+            h[6] = (uint8_t)(epoch >> 8);
+            h[7] = (uint8_t)epoch;
+            memcpy(h + AY_FIXED, t->ay->local, 16);
+            if (!ayiya_sign(e, h, t->ay->key, p, n, h + AY_SIG_START)) {
+                e->send_errors++;
+                continue;
+            }
+            enqueue(e->qayiya, h, p, n, t->remote4, t->port, 0);
         } else {
             int s = t->sock;
             if (s < 0 || s >= MAX_UDP || e->udp[s].fd < 0 ||
@@ -542,7 +712,7 @@ static void tun_batch(Engine *e)
                 punt_packet(e, PUNT_TUN, -1, p, n, NULL, 0, 0);
                 continue;
             }
-            enqueue(e->qudp[s], p, n, t->remote4, t->port, t->local4);
+            enqueue(e->qudp[s], NULL, p, n, t->remote4, t->port, t->local4);
         }
         t->pout++;
         t->bout += n;
@@ -551,6 +721,8 @@ static void tun_batch(Engine *e)
     }
     if (e->q41->n)
         flush(e, e->raw41_fd, e->q41);
+    if (e->qayiya->n)
+        flush(e, e->ayiya_fd, e->qayiya);
     for (int s = 0; s < MAX_UDP; s++)
         if (e->qudp[s]->n)
             flush(e, e->udp[s].fd, e->qudp[s]);
@@ -703,6 +875,91 @@ static void udp_batch(Engine *e, int idx)
     }
 }
 
+static void ayiya_drop(Engine *e, int why)
+{
+    e->ayiya_drops[why]++;
+    e->drops[D_BAD_AYIYA]++;
+}
+
+/* One AYIYA datagram from src4:port, as ForwardingCore.from_ayiya would take it: forwarded or
+ * dropped here, or 1: punt it (the core decides). */
+static int from_ayiya(Engine *e, const uint8_t *p, size_t n, const uint8_t *src4, uint16_t port,
+                      double now, double wall)
+{
+    /* Only a Forward of IPv6 in the profile is decided here; codec.decode names the rest. */
+    if (n < AY_HEADER || p[0] != AY_B0 || p[1] != AY_B1 || p[2] != AY_B2_FORWARD ||
+        p[3] != AY_NH_IPV6)
+        return 1;
+    const uint8_t *payload = p + AY_HEADER;
+    size_t plen = n - AY_HEADER;
+    /* codec.check_payload for Next Header 41: exactly one whole IPv6 packet. */
+    if (plen < 40 || payload[0] >> 4 != 6 || 40 + (((size_t)payload[4] << 8) | payload[5]) != plen)
+        return 1;
+    hkey k;
+    identity_key(&k, p + AY_FIXED);
+    int32_t s = ht_get(&e->index, &k);
+    if (s < 0)
+        return 1; /* UNKNOWN_IDENTITY */
+    tunnel *t = &e->tunnels[s];
+    ayiya_link *a = t->ay;
+    /* verify._check: the clock, then the signature, the replay cache last. */
+    uint32_t epoch = ((uint32_t)p[4] << 24) | ((uint32_t)p[5] << 16) | ((uint32_t)p[6] << 8) | p[7];
+    if (fabs(wall - (double)epoch) > (double)a->window) {
+        ayiya_drop(e, A_CLOCK_SKEW);
+        return 0;
+    }
+    uint8_t sig[AY_KEY];
+    if (!ayiya_sign(e, p, a->key, payload, plen, sig))
+        return 1; /* no hash here (cannot happen short of OOM): Python has its own */
+    if (CRYPTO_memcmp(sig, p + AY_SIG_START, AY_KEY) != 0) {
+        ayiya_drop(e, A_BAD_SIGNATURE);
+        return 0;
+    }
+    /* From anywhere but the tunnel's endpoint (or before the first datagram) it would move
+     * the tunnel: Python decides, against this same replay cache. Authentic ones only, so
+     * forged floods from other addresses stay here. */
+    if (!a->has_endpoint || memcmp(t->remote4, src4, 4) != 0 || t->port != port)
+        return 1;
+    /* The keepalive echo: answered in Python, which must still find the datagram new, so the
+     * cache is not touched here. */
+    if (memcmp(payload + 24, t->server_inner, 16) == 0)
+        return 1;
+    int v = replay_check(a, epoch, p + AY_SIG_START, 0);
+    if (v < 0) {
+        e->drops[D_OVERLOAD]++;
+        return 0;
+    }
+    if (v != V_ACCEPTED) {
+        ayiya_drop(e, A_REPLAYED);
+        return 0;
+    }
+    /* Any valid datagram proves the tunnel alive, whatever happens to its payload. */
+    t->last_seen = now;
+    t->dirty = 1;
+    return from_client6(e, t, payload, plen, now);
+}
+
+static void ayiya_batch(Engine *e)
+{
+    int r = receive_batch(e, e->ayiya_fd, 0);
+    double now = now_mono(), wall = now_wall();
+    for (int i = 0; i < r; i++) {
+        const uint8_t *p = e->rxbuf + (size_t)i * SLOT;
+        size_t n = e->rx_msgs[i].msg_len;
+        struct msghdr *m = &e->rx_msgs[i].msg_hdr;
+        if (m->msg_namelen < sizeof(struct sockaddr_in) || e->rx_from[i].sin_family != AF_INET)
+            continue;
+        if (m->msg_flags & MSG_TRUNC) {
+            e->drops[D_MALFORMED]++;
+            continue;
+        }
+        const uint8_t *src4 = (const uint8_t *)&e->rx_from[i].sin_addr;
+        uint16_t port = ntohs(e->rx_from[i].sin_port);
+        if (from_ayiya(e, p, n, src4, port, now, wall))
+            punt_packet(e, PUNT_AYIYA, -1, p, n, src4, port, 0);
+    }
+}
+
 static void *run(void *arg)
 {
     Engine *e = arg;
@@ -730,6 +987,8 @@ static void *run(void *arg)
                 tun_batch(e);
             } else if (tag == TAG_RAW41 && e->raw41_fd >= 0) {
                 raw41_batch(e);
+            } else if (tag == TAG_AYIYA && e->ayiya_fd >= 0) {
+                ayiya_batch(e);
             } else if (tag >= TAG_UDP && tag < TAG_UDP + MAX_UDP && e->udp[tag - TAG_UDP].fd >= 0) {
                 udp_batch(e, (int)(tag - TAG_UDP));
             }
@@ -763,14 +1022,22 @@ static void Engine_dealloc(Engine *e)
     for (size_t i = 0; i < e->ring_count; i++)
         free(e->ring[(e->ring_head + i) % PUNT_CAP]);
     e->ring_count = 0;
+    for (size_t s = 0; s < e->ntunnels; s++)
+        if (e->tunnels[s].in_use)
+            ayiya_free(e->tunnels[s].ay);
     free(e->tunnels);
     free(e->free_slots);
     free(e->index.e);
     free(e->tunbuf);
     free(e->rxbuf);
     free(e->q41);
+    free(e->qayiya);
     for (int s = 0; s < MAX_UDP; s++)
         free(e->qudp[s]);
+    EVP_MD_CTX_free(e->md);
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    EVP_MD_free(e->sha1_fetched);
+#endif
     if (e->epfd >= 0)
         close(e->epfd);
     if (e->wake_fd >= 0)
@@ -787,7 +1054,7 @@ static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     Engine *e = (Engine *)type->tp_alloc(type, 0);
     if (e == NULL)
         return NULL;
-    e->tun_fd = e->raw41_fd = e->epfd = e->wake_fd = e->punt_fd = -1;
+    e->tun_fd = e->raw41_fd = e->ayiya_fd = e->epfd = e->wake_fd = e->punt_fd = -1;
     for (int s = 0; s < MAX_UDP; s++)
         e->udp[s].fd = -1;
     return (PyObject *)e;
@@ -826,11 +1093,25 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kw)
     e->tunbuf = malloc((size_t)BATCH * SLOT);
     e->rxbuf = malloc((size_t)BATCH * SLOT);
     e->q41 = calloc(1, sizeof(outq));
-    int ok = e->tunbuf && e->rxbuf && e->q41;
+    e->qayiya = calloc(1, sizeof(outq));
+    int ok = e->tunbuf && e->rxbuf && e->q41 && e->qayiya;
     for (int s = 0; s < MAX_UDP && ok; s++)
         ok = (e->qudp[s] = calloc(1, sizeof(outq))) != NULL;
     if (!ok) {
         PyErr_NoMemory();
+        return -1;
+    }
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    /* EVP_sha1() would be looked up in the provider on every EVP_DigestInit_ex: twice the
+     * cost of hashing a small packet. */
+    e->sha1_fetched = EVP_MD_fetch(NULL, "SHA1", NULL);
+    e->sha1 = e->sha1_fetched != NULL ? e->sha1_fetched : EVP_sha1();
+#else
+    e->sha1 = EVP_sha1();
+#endif
+    e->md = EVP_MD_CTX_new();
+    if (e->sha1 == NULL || e->md == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL has no SHA-1 here");
         return -1;
     }
     e->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -941,6 +1222,48 @@ static PyObject *Engine_remove_udp(Engine *e, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *Engine_add_ayiya(Engine *e, PyObject *args)
+{
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd))
+        return NULL;
+    CHECK_INIT(e, NULL);
+    struct sockaddr_in sa;
+    socklen_t len = sizeof sa;
+    if (getsockname(fd, (struct sockaddr *)&sa, &len) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if (sa.sin_family != AF_INET) {
+        PyErr_SetString(PyExc_ValueError, "the AYIYA socket is IPv4 (AF_INET)");
+        return NULL;
+    }
+    lock_from_python(e);
+    if (e->ayiya_fd >= 0) {
+        pthread_mutex_unlock(&e->lock);
+        PyErr_SetString(PyExc_ValueError, "the engine already has an AYIYA socket");
+        return NULL;
+    }
+    if (epoll_add(e->epfd, fd, TAG_AYIYA) < 0) {
+        pthread_mutex_unlock(&e->lock);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    e->ayiya_fd = fd;
+    pthread_mutex_unlock(&e->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_remove_ayiya(Engine *e, PyObject *noargs)
+{
+    CHECK_INIT(e, NULL);
+    lock_from_python(e);
+    if (e->ayiya_fd >= 0) {
+        /* Under the lock, as remove_udp: the caller may close the socket on return. */
+        epoll_ctl(e->epfd, EPOLL_CTL_DEL, e->ayiya_fd, NULL);
+        e->ayiya_fd = -1;
+    }
+    pthread_mutex_unlock(&e->lock);
+    Py_RETURN_NONE;
+}
+
 static PyObject *counters_tuple(const tunnel *t)
 {
     return Py_BuildValue("(LKKKKd)", (long long)t->id, (unsigned long long)t->pin,
@@ -973,23 +1296,29 @@ static int32_t new_slot(Engine *e)
 
 static PyObject *Engine_set_tunnel(Engine *e, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"tunnel_id", "kind",     "remote", "port", "server_inner",
-                             "mtu",       "prefixes", "sock",   NULL};
+    static char *kwlist[] = {"tunnel_id", "kind",     "remote",   "port",  "server_inner",
+                             "mtu",       "prefixes", "sock",     "identity", "local",
+                             "key",       "clock_window", NULL};
     long long id;
-    int kind, port, sock = -1;
+    int kind, port, sock = -1, window = 120;
     unsigned int mtu;
     Py_buffer remote, inner;
     PyObject *prefixes;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Liy*iy*IO|i", kwlist, &id, &kind, &remote, &port,
-                                     &inner, &mtu, &prefixes, &sock))
+    const char *ident = NULL, *local = NULL, *key = NULL;
+    Py_ssize_t ident_len = 0, local_len = 0, key_len = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Liy*iy*IO|iy#y#y#i", kwlist, &id, &kind, &remote,
+                                     &port, &inner, &mtu, &prefixes, &sock, &ident, &ident_len,
+                                     &local, &local_len, &key, &key_len, &window))
         return NULL;
     tunnel t;
     memset(&t, 0, sizeof t);
     PyObject *seq = NULL;
     const char *err = NULL;
-    if (kind != KIND_PUNT && kind != KIND_V6V4 && kind != KIND_V6UDPV4)
-        err = "kind must be KIND_PUNT, KIND_V6V4 or KIND_V6UDPV4";
-    else if (kind != KIND_PUNT && remote.len != 4)
+    if (kind != KIND_PUNT && kind != KIND_V6V4 && kind != KIND_V6UDPV4 && kind != KIND_AYIYA)
+        err = "kind must be KIND_PUNT, KIND_V6V4, KIND_V6UDPV4 or KIND_AYIYA";
+    else if (kind == KIND_AYIYA && remote.len != 0 && remote.len != 4)
+        err = "remote must be 4 bytes (an IPv4 address), or empty (AYIYA: not known yet)";
+    else if (kind != KIND_PUNT && kind != KIND_AYIYA && remote.len != 4)
         err = "remote must be 4 bytes (an IPv4 address)";
     else if (port < 0 || port > 65535)
         err = "port must be 0..65535";
@@ -997,6 +1326,10 @@ static PyObject *Engine_set_tunnel(Engine *e, PyObject *args, PyObject *kw)
         err = "server_inner must be 16 bytes (an IPv6 address)";
     else if (sock < -1 || sock >= MAX_UDP)
         err = "sock must be -1 or a UDP socket index";
+    else if (kind == KIND_AYIYA && (ident_len != 16 || local_len != 16 || key_len != AY_KEY))
+        err = "AYIYA needs identity and local (16 bytes each) and key (SHA1(secret), 20 bytes)";
+    else if (kind == KIND_AYIYA && window < 0)
+        err = "clock_window must be >= 0";
     if (err == NULL) {
         seq = PySequence_Fast(prefixes, "prefixes must be a sequence of (bytes, length)");
         if (seq == NULL) {
@@ -1037,21 +1370,42 @@ static PyObject *Engine_set_tunnel(Engine *e, PyObject *args, PyObject *kw)
     t.id = id;
     t.in_use = 1;
     t.kind = (uint8_t)kind;
-    if (kind != KIND_PUNT)
+    if (remote.len == 4 && kind != KIND_PUNT)
         memcpy(t.remote4, remote.buf, 4);
     t.port = (uint16_t)port;
     memcpy(t.server_inner, inner.buf, 16);
     t.mtu = mtu;
     t.sock = sock;
     t.sock_fixed = sock >= 0;
+    /* AYIYA: a fresh link, unless the tunnel keeps its key (below). Allocated before the lock. */
+    ayiya_link *fresh = NULL;
+    if (kind == KIND_AYIYA) {
+        fresh = calloc(1, sizeof *fresh);
+        if (fresh == NULL) {
+            PyBuffer_Release(&remote);
+            PyBuffer_Release(&inner);
+            return PyErr_NoMemory();
+        }
+        memcpy(fresh->ident, ident, 16);
+        memcpy(fresh->local, local, 16);
+        memcpy(fresh->key, key, AY_KEY);
+        fresh->has_endpoint = remote.len == 4;
+        fresh->window = (uint32_t)window;
+    }
     PyBuffer_Release(&remote);
     PyBuffer_Release(&inner);
-    CHECK_INIT(e, NULL);
+    if (e->epfd < 0) {
+        free(fresh);
+        PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ was not called");
+        return NULL;
+    }
 
     lock_from_python(e);
     hkey k;
     id_key(&k, id);
     int32_t old = ht_get(&e->index, &k);
+    ayiya_link *drop = NULL;
+    t.ay = fresh;
     if (old >= 0) {
         /* Replaced (ForwardingCore.add removes first): counts not yet taken carry over. */
         tunnel *o = &e->tunnels[old];
@@ -1061,13 +1415,27 @@ static PyObject *Engine_set_tunnel(Engine *e, PyObject *args, PyObject *kw)
         t.bout = o->bout;
         t.last_seen = o->last_seen;
         t.dirty = o->dirty;
-        unlink_tunnel(e, old);
+        ayiya_link *was = unlink_tunnel(e, old);
+        if (fresh != NULL && was != NULL && memcmp(was->key, fresh->key, AY_KEY) == 0) {
+            /* The same secret keeps its replay cache, as ForwardingCore.add keeps the link: a
+             * fresh one would take old datagrams again. */
+            memcpy(was->ident, fresh->ident, 16);
+            memcpy(was->local, fresh->local, 16);
+            was->has_endpoint = fresh->has_endpoint;
+            was->window = fresh->window;
+            t.ay = was;
+            drop = fresh;
+        } else {
+            drop = was;
+        }
     }
     int32_t s = new_slot(e);
     if (s < 0 || ht_put(&e->index, &k, s) != 0) {
         if (s >= 0)
             e->free_slots[e->nfree++] = s;
         pthread_mutex_unlock(&e->lock);
+        ayiya_free(t.ay);
+        ayiya_free(drop);
         return PyErr_NoMemory();
     }
     e->tunnels[s] = t;
@@ -1085,12 +1453,125 @@ static PyObject *Engine_set_tunnel(Engine *e, PyObject *args, PyObject *kw)
         oom |= ht_put(&e->index, &k, s);
     }
     if (oom) {
-        unlink_tunnel(e, s);
+        ayiya_free(unlink_tunnel(e, s));
         pthread_mutex_unlock(&e->lock);
+        ayiya_free(drop);
         return PyErr_NoMemory();
     }
     pthread_mutex_unlock(&e->lock);
+    ayiya_free(drop);
     Py_RETURN_NONE;
+}
+
+static PyObject *Engine_set_endpoint(Engine *e, PyObject *args)
+{
+    long long id;
+    const char *remote;
+    Py_ssize_t rlen;
+    int port;
+    if (!PyArg_ParseTuple(args, "Ly#i", &id, &remote, &rlen, &port))
+        return NULL;
+    CHECK_INIT(e, NULL);
+    if ((rlen != 0 && rlen != 4) || port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "an endpoint is (4 bytes or empty, 0..65535)");
+        return NULL;
+    }
+    lock_from_python(e);
+    hkey k;
+    id_key(&k, id);
+    int32_t s = ht_get(&e->index, &k);
+    int found = s >= 0 && e->tunnels[s].kind == KIND_AYIYA;
+    if (found) {
+        tunnel *t = &e->tunnels[s];
+        if (rlen == 4)
+            memcpy(t->remote4, remote, 4);
+        t->port = (uint16_t)port;
+        t->ay->has_endpoint = rlen == 4;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return PyBool_FromLong(found);
+}
+
+/* The AYIYA link of tunnel id, under the lock; NULL (and KeyError set, after unlocking) if
+ * the engine has no such AYIYA tunnel. */
+static ayiya_link *locked_link(Engine *e, long long id)
+{
+    hkey k;
+    id_key(&k, id);
+    lock_from_python(e);
+    int32_t s = ht_get(&e->index, &k);
+    if (s >= 0 && e->tunnels[s].kind == KIND_AYIYA)
+        return e->tunnels[s].ay;
+    pthread_mutex_unlock(&e->lock);
+    PyErr_Format(PyExc_KeyError, "no AYIYA tunnel %lld in the engine", id);
+    return NULL;
+}
+
+static PyObject *Engine_ayiya_replay_check(Engine *e, PyObject *args)
+{
+    long long id, epoch;
+    const char *digest;
+    Py_ssize_t dlen;
+    int moving;
+    if (!PyArg_ParseTuple(args, "LLy#p", &id, &epoch, &digest, &dlen, &moving))
+        return NULL;
+    CHECK_INIT(e, NULL);
+    if (dlen < 10) {
+        PyErr_SetString(PyExc_ValueError, "a digest has at least 10 bytes");
+        return NULL;
+    }
+    ayiya_link *a = locked_link(e, id);
+    if (a == NULL)
+        return NULL;
+    int v = replay_check(a, (int64_t)epoch, (const uint8_t *)digest, moving);
+    pthread_mutex_unlock(&e->lock);
+    if (v < 0)
+        return PyErr_NoMemory();
+    return PyLong_FromLong(v);
+}
+
+static PyObject *Engine_ayiya_replay_state(Engine *e, PyObject *args)
+{
+    long long id;
+    if (!PyArg_ParseTuple(args, "L", &id))
+        return NULL;
+    CHECK_INIT(e, NULL);
+    ayiya_link *a = locked_link(e, id);
+    if (a == NULL)
+        return NULL;
+    int has = a->has_newest;
+    long long newest = a->newest;
+    unsigned long used = a->used;
+    pthread_mutex_unlock(&e->lock);
+    if (!has)
+        return Py_BuildValue("(Ok)", Py_None, used);
+    return Py_BuildValue("(Lk)", newest, used);
+}
+
+static PyObject *Engine_ayiya_replay_seen(Engine *e, PyObject *args)
+{
+    long long id;
+    const char *digest;
+    Py_ssize_t dlen;
+    if (!PyArg_ParseTuple(args, "Ly#", &id, &digest, &dlen))
+        return NULL;
+    CHECK_INIT(e, NULL);
+    if (dlen < 10) {
+        PyErr_SetString(PyExc_ValueError, "a digest has at least 10 bytes");
+        return NULL;
+    }
+    ayiya_link *a = locked_link(e, id);
+    if (a == NULL)
+        return NULL;
+    static const uint8_t empty[REPLAY_KEY];
+    int seen = 0;
+    if (a->slots != NULL && memcmp(digest, empty, REPLAY_KEY) != 0) {
+        const uint8_t *d = (const uint8_t *)digest;
+        size_t off = (size_t)(((d[8] << 8) | d[9]) & (REPLAY_SLOTS - 1)) * REPLAY_KEY;
+        seen = memcmp(a->slots + off, d, REPLAY_KEY) == 0;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return PyBool_FromLong(seen);
 }
 
 static PyObject *Engine_remove_tunnel(Engine *e, PyObject *args)
@@ -1108,8 +1589,9 @@ static PyObject *Engine_remove_tunnel(Engine *e, PyObject *args)
         Py_RETURN_NONE;
     }
     tunnel last = e->tunnels[s];
-    unlink_tunnel(e, s);
+    ayiya_link *ay = unlink_tunnel(e, s);
     pthread_mutex_unlock(&e->lock);
+    ayiya_free(ay);
     return counters_tuple(&last);
 }
 
@@ -1176,6 +1658,31 @@ static PyObject *Engine_take_drops(Engine *e, PyObject *noargs)
             continue;
         PyObject *v = PyLong_FromUnsignedLongLong(d[i]);
         if (v == NULL || PyDict_SetItemString(out, drop_names[i], v) != 0) {
+            Py_XDECREF(v);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return out;
+}
+
+static PyObject *Engine_take_ayiya_drops(Engine *e, PyObject *noargs)
+{
+    CHECK_INIT(e, NULL);
+    uint64_t d[N_AYIYA_DROPS];
+    lock_from_python(e);
+    memcpy(d, e->ayiya_drops, sizeof d);
+    memset(e->ayiya_drops, 0, sizeof e->ayiya_drops);
+    pthread_mutex_unlock(&e->lock);
+    PyObject *out = PyDict_New();
+    if (out == NULL)
+        return NULL;
+    for (int i = 0; i < N_AYIYA_DROPS; i++) {
+        if (!d[i])
+            continue;
+        PyObject *v = PyLong_FromUnsignedLongLong(d[i]);
+        if (v == NULL || PyDict_SetItemString(out, ayiya_drop_names[i], v) != 0) {
             Py_XDECREF(v);
             Py_DECREF(out);
             return NULL;
@@ -1256,14 +1763,29 @@ static PyMethodDef Engine_methods[] = {
      "add_udp(fd) -> index: read and send v6udpv4 on this IPv4 UDP socket."},
     {"remove_udp", (PyCFunction)Engine_remove_udp, METH_VARARGS,
      "remove_udp(index): stop using the socket (it may be closed once this returns)."},
+    {"add_ayiya", (PyCFunction)Engine_add_ayiya, METH_VARARGS,
+     "add_ayiya(fd): read and send AYIYA on this IPv4 UDP socket."},
+    {"remove_ayiya", (PyCFunction)Engine_remove_ayiya, METH_NOARGS,
+     "Stop using the AYIYA socket (it may be closed once this returns)."},
     {"set_tunnel", (PyCFunction)(void (*)(void))Engine_set_tunnel, METH_VARARGS | METH_KEYWORDS,
-     "set_tunnel(tunnel_id, kind, remote, port, server_inner, mtu, prefixes, sock=-1)."},
+     "set_tunnel(tunnel_id, kind, remote, port, server_inner, mtu, prefixes, sock=-1, "
+     "identity=b'', local=b'', key=b'', clock_window=120)."},
+    {"set_endpoint", (PyCFunction)Engine_set_endpoint, METH_VARARGS,
+     "set_endpoint(tunnel_id, remote, port) -> found: where an AYIYA tunnel's client is now."},
+    {"ayiya_replay_check", (PyCFunction)Engine_ayiya_replay_check, METH_VARARGS,
+     "ayiya_replay_check(tunnel_id, epoch, digest, moving) -> 0 accepted, 1 replayed, 2 stale."},
+    {"ayiya_replay_state", (PyCFunction)Engine_ayiya_replay_state, METH_VARARGS,
+     "ayiya_replay_state(tunnel_id) -> (newest epoch or None, slots used)."},
+    {"ayiya_replay_seen", (PyCFunction)Engine_ayiya_replay_seen, METH_VARARGS,
+     "ayiya_replay_seen(tunnel_id, digest) -> whether the digest is in the cache."},
     {"remove_tunnel", (PyCFunction)Engine_remove_tunnel, METH_VARARGS,
      "remove_tunnel(id) -> its untaken counters (id, pin, pout, bin, bout, last_seen) or None."},
     {"take_counters", (PyCFunction)Engine_take_counters, METH_NOARGS,
      "Counters since the last call, per tunnel that moved: (id, pin, pout, bin, bout, seen)."},
     {"take_drops", (PyCFunction)Engine_take_drops, METH_NOARGS,
      "Drops since the last call: {Drop name: count}."},
+    {"take_ayiya_drops", (PyCFunction)Engine_take_ayiya_drops, METH_NOARGS,
+     "AYIYA drops since the last call: {AyiyaDrop name: count} (each also a BAD_AYIYA)."},
     {"take_punts", (PyCFunction)Engine_take_punts, METH_VARARGS,
      "take_punts(max=256) -> [(kind, sock, data, src4, port, local4)] for the slow path."},
     {"stats", (PyCFunction)Engine_stats, METH_NOARGS, "Totals since the engine was made."},
@@ -1305,6 +1827,9 @@ PyMODINIT_FUNC PyInit__fastpath(void)
         PyModule_AddIntConstant(m, "KIND_PUNT", KIND_PUNT) < 0 ||
         PyModule_AddIntConstant(m, "KIND_V6V4", KIND_V6V4) < 0 ||
         PyModule_AddIntConstant(m, "KIND_V6UDPV4", KIND_V6UDPV4) < 0 ||
+        PyModule_AddIntConstant(m, "KIND_AYIYA", KIND_AYIYA) < 0 ||
+        PyModule_AddIntConstant(m, "PUNT_AYIYA", PUNT_AYIYA) < 0 ||
+        PyModule_AddIntConstant(m, "REPLAY_SLOTS", REPLAY_SLOTS) < 0 ||
         PyModule_AddIntConstant(m, "PUNT_TUN", PUNT_TUN) < 0 ||
         PyModule_AddIntConstant(m, "PUNT_PROTO41", PUNT_PROTO41) < 0 ||
         PyModule_AddIntConstant(m, "PUNT_UDP", PUNT_UDP) < 0 ||

@@ -166,6 +166,9 @@ class UserspaceDataPlane:
             self.fast = fastpath.FastPath(
                 module, self._tun.fds[0], self._raw41.fileno() if self._raw41 else -1
             )
+            if self._ayiya is not None:
+                # Forwards of IPv6 from known endpoints in C; the rest comes back as punts.
+                self.fast.add_ayiya(self._ayiya)
             self.fast.start()
         self._thread = threading.Thread(target=self._run, name="tb-dataplane", daemon=True)
         self._thread.start()
@@ -272,13 +275,13 @@ class UserspaceDataPlane:
         tun_fd = self._tun.fds[0]
         raw41_fd = self._raw41.fileno() if self._raw41 is not None else -1
         punt_fd = -1
+        ayiya_fd = self._ayiya.fileno() if self._ayiya is not None else -1
         if self.fast is not None:
-            # The C thread reads the TUN and protocol 41; we get what it punts.
+            # The C thread reads the TUN, protocol 41 and AYIYA; we get what it punts.
             punt_fd = self.fast.punt_fd
-            tun_fd = raw41_fd = -1
+            tun_fd = raw41_fd = ayiya_fd = -1
         ep.register(self._wake_r, select.EPOLLIN)
         raw6_fd = self._raw4in6.fileno() if self._raw4in6 is not None else -1
-        ayiya_fd = self._ayiya.fileno() if self._ayiya is not None else -1
         for fd in (tun_fd, raw41_fd, punt_fd, raw6_fd, ayiya_fd):
             if fd >= 0:
                 ep.register(fd, select.EPOLLIN)
@@ -376,6 +379,9 @@ class UserspaceDataPlane:
                         outputs.extend(self.core.from_tun(data, now))
                     elif kind == m.PUNT_PROTO41:
                         outputs.extend(self.core.from_proto41(data, src, now))
+                    elif kind == m.PUNT_AYIYA:
+                        addr = (socket.inet_ntoa(src), port)
+                        outputs.extend(self.core.from_ayiya(data, addr, now))
                     elif data[0] >> 4 == 6:
                         addr = (socket.inet_ntoa(src), port)
                         outputs.extend(self.core.from_udp(data, addr, now))
@@ -383,6 +389,14 @@ class UserspaceDataPlane:
                         ours = socket.inet_ntoa(local) if local != b"\0\0\0\0" else None
                         batch = signalling.setdefault(sock, [])
                         batch.append((data, (socket.inet_ntoa(src), port), ours))
+                # The core moved AYIYA tunnels: C forwards from the new endpoints from now on.
+                learned, self.core.learned = self.core.learned, []
+                for tunnel_id, address, moved_to in learned:
+                    fast.set_endpoint(tunnel_id, address, moved_to)
+            # The move is told before the packet that made it goes on, so whoever sees the
+            # packet can already see the move.
+            if learned and self._on_learned is not None:
+                self._on_learned(learned)
             self._emit(outputs)
             for sock, batch in signalling.items():
                 deliver = self._udp_deliver.get(sock)
@@ -447,9 +461,9 @@ class UserspaceDataPlane:
                     continue
                 outputs.extend(self.core.from_ayiya(data, (addr[0], addr[1]), now))
             learned, self.core.learned = self.core.learned, []
-        self._emit(outputs)
         if learned and self._on_learned is not None:
             self._on_learned(learned)
+        self._emit(outputs)
 
     def _emit(self, outputs: list[Output]) -> None:
         for where, pkt, dest in outputs:

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import ipaddress
 from enum import Enum
+from typing import Protocol
 
 from tunnelbroker.protocols.ayiya import codec
 from tunnelbroker.protocols.ayiya.errors import AyiyaDrop
@@ -34,6 +35,20 @@ from tunnelbroker.protocols.ayiya.replay import CLOCK_WINDOW, ReplayCache, Verdi
 
 _SIG_START = FIXED_HEADER_SIZE + IDENTITY_SIZE
 _SIG_END = _SIG_START + SIGNATURE_SIZE
+
+
+class ReplayState(Protocol):
+    """What a link needs of its replay cache: :class:`~.replay.ReplayCache`, or one that
+    lives elsewhere (the C fast path's, so a tunnel has one replay state, not two)."""
+
+    @property
+    def newest(self) -> int | None: ...
+
+    def __len__(self) -> int: ...
+
+    def seen(self, digest: bytes) -> bool: ...
+
+    def check_and_record(self, epoch: int, digest: bytes, moving: bool = False) -> Verdict: ...
 
 
 class Role(Enum):
@@ -58,7 +73,7 @@ def verify(
     *,
     role: Role,
     peer_identity: ipaddress.IPv6Address,
-    replay: ReplayCache | None = None,
+    replay: ReplayState | None = None,
     clock_window: int = CLOCK_WINDOW,
     moving: bool = False,
 ) -> AyiyaPacket | AyiyaDrop:
@@ -90,7 +105,7 @@ def _check(
     now: float,
     opcodes: frozenset[OpCode],
     peer: bytes,
-    replay: ReplayCache | None,
+    replay: ReplayState | None,
     clock_window: int,
     moving: bool,
 ) -> AyiyaPacket | AyiyaDrop:
@@ -129,14 +144,14 @@ class AyiyaLink:
         role: Role,
         local: ipaddress.IPv6Address,
         remote: ipaddress.IPv6Address,
-        replay: ReplayCache | None = None,
+        replay: ReplayState | None = None,
         clock_window: int = CLOCK_WINDOW,
     ) -> None:
         self.role = role
         self.local = local
         self.remote = remote
         self.key = codec.signing_key(secret)
-        self.replay = replay if replay is not None else ReplayCache()
+        self.replay: ReplayState = replay if replay is not None else ReplayCache()
         self.clock_window = clock_window
         self._opcodes = _ACCEPTED_OPCODES[role]
         self._local = local.packed
