@@ -493,10 +493,12 @@ def test_broker_restart_restores_the_tunnels(broker: BrokerInLab) -> None:
     stop_client(udp, lab, "cnat")
 
 
-def test_tic_and_ayiya_behind_the_nat(broker: BrokerInLab) -> None:
+@pytest.mark.parametrize("fast", FAST_PATHS)
+def test_tic_and_ayiya_behind_the_nat(broker: BrokerInLab, fast: bool) -> None:
     lab = broker.lab
     t = broker.api("POST", "/api/v1/tunnels", {"type": "ayiya"})
-    c = start_client(broker, "cnat", "--tic", "--tunnel", f"T{t['id']}", account=True)
+    args = ("--tic", "--tunnel", f"T{t['id']}", *(() if fast else ("--no-fast-path",)))
+    c = start_client(broker, "cnat", *args, account=True)
     (n,) = c.wait_connections(1, 30)
     assert n["tunnel_type"] == "ayiya" and n["client_ipv6"] == t["client_inner"]
     assert ping_until(lab, "cnat", lab.addr.inet6_v6, 15), c.err.read_text()
@@ -510,6 +512,7 @@ def test_tic_and_ayiya_behind_the_nat(broker: BrokerInLab) -> None:
     moved = broker.api("GET", f"/api/v1/tunnels/{t['id']}")
     assert moved["client_port"] != seen["client_port"]
     assert len(c.connections()) == 1
+    assert ("forwarding in C" in c.err.read_text()) == fast
     stop_client(c, lab, "cnat")
 
 

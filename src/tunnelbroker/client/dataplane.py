@@ -400,21 +400,55 @@ def _received(recv: Callable[[int], T], what: str) -> Iterator[T]:
         yield got
 
 
+def _ayiya_link(n: Negotiated, stack: contextlib.ExitStack) -> tuple[AyiyaLink, socket.socket]:
+    """Tunnel ``n``'s AYIYA link (we are the client) and a UDP socket connected to the PoP."""
+    assert n.secret is not None
+    link = AyiyaLink(
+        n.secret,
+        role=Role.CLIENT,
+        local=ipaddress.IPv6Address(n.client_ipv6),
+        remote=ipaddress.IPv6Address(n.server_ipv6),
+    )
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stack.callback(udp.close)
+    udp.setblocking(False)
+    udp.connect((n.server_ipv4, AYIYA_PORT))
+    return link, udp
+
+
+async def _noops(n: Negotiated, link: AyiyaLink, udp: socket.socket) -> None:
+    """AICCU's beat: a signed NOOP now and every interval.
+
+    It keeps the NAT mapping open and tells the PoP where we are.
+    """
+    while True:
+        try:
+            udp.send(link.noop(time.time()))
+        except OSError as e:
+            log.debug("ayiya noop: %s", e)
+        await asyncio.sleep(max(1.0, float(n.keepalive_interval or 60)))
+
+
 def _fast_forwarder(
-    n: Negotiated, tun: TunDevice, stack: contextlib.ExitStack
+    n: Negotiated, tun: TunDevice, stack: contextlib.ExitStack, tasks: list[asyncio.Task[None]]
 ) -> fastpath.PeerForwarder | None:
     """The C forwarder for tunnel ``n``, started; None where it cannot carry it.
 
     A client is the simplest user of the tunnel server's fast path: everything from the TUN
     goes to the one peer, and everything the peer sends (and only what it sends) goes into
     the TUN, on a thread of its own without the GIL. It carries v6udpv4 (on the signalling
-    flow's own socket, which asyncio stops reading) and 6in4 (v6v4, heartbeat); v4v6 and
-    AYIYA stay in Python.
+    flow's own socket, which asyncio stops reading), 6in4 (v6v4, heartbeat) and AYIYA (signed
+    and verified in C; the NOOP beat stays in Python); v4v6 stays in Python.
     """
-    if n.tunnel_type not in ("v6udpv4", "v6v4", "heartbeat") or fastpath.load() is None:
+    if n.tunnel_type not in ("v6udpv4", "v6v4", "heartbeat", "ayiya") or fastpath.load() is None:
         return None
     peer: tuple[str, int]
-    if n.tunnel_type == "v6udpv4":
+    link = None
+    if n.tunnel_type == "ayiya":
+        link, sock = _ayiya_link(n, stack)
+        peer = (n.server_ipv4, AYIYA_PORT)
+        tasks.append(asyncio.create_task(_noops(n, link, sock)))
+    elif n.tunnel_type == "v6udpv4":
         assert isinstance(n.flow, UdpFlow)
         # asyncio's selector transports can stop reading, though the type stubs don't say so.
         pause: Callable[[], None] | None = getattr(n.flow.transport, "pause_reading", None)
@@ -424,12 +458,13 @@ def _fast_forwarder(
         flow_socket = n.flow.transport.get_extra_info("socket")
         # A socket of our own on the flow's: closing it leaves the transport's alone.
         sock = socket.socket(fileno=os.dup(flow_socket.fileno()))
+        stack.callback(sock.close)
         peer = n.flow.remote
     else:
         sock = _raw_socket(socket.AF_INET, _IPPROTO_IPV6, n.client_ipv4, n.local_address)
         peer = (n.server_ipv4, 0)
-    stack.callback(sock.close)
-    fwd = fastpath.PeerForwarder(tun.fileno(), sock, peer)
+        stack.callback(sock.close)
+    fwd = fastpath.PeerForwarder(tun.fileno(), sock, peer, ayiya=link)
     fwd.start()
     stack.callback(fwd.stop)  # before the socket and the TUN close (the stack unwinds)
     log.info("forwarding in C (the fast path), to %s port %d", peer[0], peer[1])
@@ -533,7 +568,7 @@ async def run_tunnel(
                 TUN_MTU,
             )
 
-            fast = _fast_forwarder(n, tun, stack) if fast_path else None
+            fast = _fast_forwarder(n, tun, stack, tasks) if fast_path else None
             send: Callable[[bytes], None]
             if fast is not None:
                 if n.tunnel_type == "heartbeat":
@@ -578,17 +613,7 @@ async def run_tunnel(
 
                     tasks.append(asyncio.create_task(read_flow()))
                 elif n.tunnel_type == "ayiya":
-                    assert n.secret is not None
-                    link = AyiyaLink(
-                        n.secret,
-                        role=Role.CLIENT,
-                        local=ipaddress.IPv6Address(n.client_ipv6),
-                        remote=ipaddress.IPv6Address(n.server_ipv6),
-                    )
-                    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                    stack.callback(udp.close)
-                    udp.setblocking(False)
-                    udp.connect((n.server_ipv4, AYIYA_PORT))
+                    link, udp = _ayiya_link(n, stack)
 
                     def send(pkt: bytes) -> None:
                         try:
@@ -606,19 +631,9 @@ async def run_tunnel(
                             elif got.forwards and got.next_header == NEXT_HEADER_IPV6:
                                 from_tunnel(got.payload)
 
-                    async def noops() -> None:
-                        # AICCU's beat: a signed NOOP now and every interval; it keeps the NAT
-                        # mapping open and tells the PoP where we are.
-                        while True:
-                            try:
-                                udp.send(link.noop(time.time()))
-                            except OSError as e:
-                                log.debug("ayiya noop: %s", e)
-                            await asyncio.sleep(max(1.0, float(n.keepalive_interval or 60)))
-
                     loop.add_reader(udp.fileno(), on_ayiya)
                     stack.callback(loop.remove_reader, udp.fileno())
-                    tasks.append(asyncio.create_task(noops()))
+                    tasks.append(asyncio.create_task(_noops(n, link, udp)))
                     log.info("ayiya to %s port %d", n.server_ipv4, AYIYA_PORT)
                 elif v4v6:
                     raw6 = _raw_socket(
