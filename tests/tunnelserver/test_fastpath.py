@@ -258,6 +258,28 @@ def test_v6udpv4_both_ways_in_c_with_counters_and_the_keepalive_punted() -> None
 
 @needs_netns
 @needs_ext
+def test_v6udpv4_download_before_the_clients_first_packet_goes_in_c() -> None:
+    """Only signalled, never heard from: with one TSP socket bound to one address there is
+    only one way out, so C takes it rather than punting every packet to Python."""
+
+    def scenario() -> None:
+        with plane() as p:
+            assert p.dp.fast is not None
+            p.add_udp_tunnel()
+            before = p.dp.fast.stats()
+            for i in range(3):
+                p.host.sendto(b"down %d" % i, (UDP_CLIENT6, 5000))
+                pkt = recv_from(p.client, _is_udp_payload(b"down %d" % i))
+                assert pkt[8:24] == ipaddress.IPv6Address(HOST6).packed
+            stats = p.dp.fast.stats()
+            assert stats["fast_out"] - before["fast_out"] == 3
+            assert stats["punted"] == before["punted"]
+
+    in_throwaway_netns(scenario)
+
+
+@needs_netns
+@needs_ext
 def test_ingress_filter_drops_are_counted_by_reason() -> None:
     def scenario() -> None:
         with plane() as p:

@@ -640,6 +640,24 @@ static void enqueue(outq *q, const uint8_t *head, uint8_t *p, size_t n, const ui
     }
 }
 
+/* The engine's one TSP socket, if it has exactly one and it is bound to one address; else -1.
+ * A v6udpv4 tunnel not heard from yet (only signalled: a download before the client's first
+ * packet) can be sent on it, from the only address the client can have signalled to. With
+ * several sockets, or one bound to 0.0.0.0, which address the client targeted is known only
+ * from its packets (or to Python, from the signalling): punt until then. */
+static int sole_bound_udp(const Engine *e)
+{
+    int found = -1;
+    for (int s = 0; s < MAX_UDP; s++) {
+        if (e->udp[s].fd < 0)
+            continue;
+        if (found >= 0 || e->udp[s].any)
+            return -1;
+        found = s;
+    }
+    return found;
+}
+
 static void tun_batch(Engine *e)
 {
     uint32_t epoch = 0; /* AYIYA's, read once per batch (0: not yet) */
@@ -706,6 +724,8 @@ static void tun_batch(Engine *e)
             enqueue(e->qayiya, h, p, n, t->remote4, t->port, 0);
         } else {
             int s = t->sock;
+            if (s < 0 && !t->sock_fixed)
+                s = sole_bound_udp(e);
             if (s < 0 || s >= MAX_UDP || e->udp[s].fd < 0 ||
                 (e->udp[s].any && !t->local4 && !t->sock_fixed)) {
                 /* Not heard from yet: Python knows the signalled address to send from. */
