@@ -1660,6 +1660,26 @@ static PyObject *Engine_take_counters(Engine *e, PyObject *noargs)
     return out;
 }
 
+/* {name: count} for the nonzero counts d[0..n) named by names. */
+static PyObject *counts_dict(const uint64_t *d, const char *const *names, int n)
+{
+    PyObject *out = PyDict_New();
+    if (out == NULL)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        if (!d[i])
+            continue;
+        PyObject *v = PyLong_FromUnsignedLongLong(d[i]);
+        if (v == NULL || PyDict_SetItemString(out, names[i], v) != 0) {
+            Py_XDECREF(v);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return out;
+}
+
 static PyObject *Engine_take_drops(Engine *e, PyObject *noargs)
 {
     CHECK_INIT(e, NULL);
@@ -1670,21 +1690,7 @@ static PyObject *Engine_take_drops(Engine *e, PyObject *noargs)
     for (int i = 0; i < N_DROPS; i++)
         e->drops_taken += d[i];
     pthread_mutex_unlock(&e->lock);
-    PyObject *out = PyDict_New();
-    if (out == NULL)
-        return NULL;
-    for (int i = 0; i < N_DROPS; i++) {
-        if (!d[i])
-            continue;
-        PyObject *v = PyLong_FromUnsignedLongLong(d[i]);
-        if (v == NULL || PyDict_SetItemString(out, drop_names[i], v) != 0) {
-            Py_XDECREF(v);
-            Py_DECREF(out);
-            return NULL;
-        }
-        Py_DECREF(v);
-    }
-    return out;
+    return counts_dict(d, drop_names, N_DROPS);
 }
 
 static PyObject *Engine_take_ayiya_drops(Engine *e, PyObject *noargs)
@@ -1695,21 +1701,7 @@ static PyObject *Engine_take_ayiya_drops(Engine *e, PyObject *noargs)
     memcpy(d, e->ayiya_drops, sizeof d);
     memset(e->ayiya_drops, 0, sizeof e->ayiya_drops);
     pthread_mutex_unlock(&e->lock);
-    PyObject *out = PyDict_New();
-    if (out == NULL)
-        return NULL;
-    for (int i = 0; i < N_AYIYA_DROPS; i++) {
-        if (!d[i])
-            continue;
-        PyObject *v = PyLong_FromUnsignedLongLong(d[i]);
-        if (v == NULL || PyDict_SetItemString(out, ayiya_drop_names[i], v) != 0) {
-            Py_XDECREF(v);
-            Py_DECREF(out);
-            return NULL;
-        }
-        Py_DECREF(v);
-    }
-    return out;
+    return counts_dict(d, ayiya_drop_names, N_AYIYA_DROPS);
 }
 
 static PyObject *Engine_take_punts(Engine *e, PyObject *args)
