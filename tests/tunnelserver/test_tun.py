@@ -15,13 +15,13 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from tests.tunnelserver.netns import needs_netns
 
 from tunnelbroker.tunnelserver.kernel import in_throwaway_netns
-from tunnelbroker.tunnelserver.tun import TunDevice, iproute_call
+from tunnelbroker.tunnelserver.tun import TunDevice, bring_up_link, iproute_call
 
 T = TypeVar("T")
 
@@ -243,3 +243,37 @@ def test_open_failure_closes_what_it_opened() -> None:
             assert not first.closed
 
     in_netns(scenario)
+
+
+@needs_netns
+def test_bring_up_link_configures_a_new_device_or_removes_it() -> None:
+    """The shared last steps of making a tunnel device (the kernel backends use it)."""
+    address = ipaddress.ip_interface("2001:db8:7::1/128")
+
+    def scenario() -> tuple[bool, bool, bool, bool]:
+        def make(ipr: Any, name: str) -> int:
+            ipr.link("add", ifname=name, kind="veth", peer={"ifname": name + "p"})
+            (index,) = ipr.link_lookup(ifname=name)
+            return int(index)
+
+        def good(ipr: Any) -> tuple[bool, bool, bool]:
+            index = make(ipr, "tbup0")
+            bring_up_link(ipr, index, [address], ["2001:db8:70::/48"])
+            up = bool(ipr.link("get", index=index)[0]["flags"] & 1)  # IFF_UP
+            local = ipr.route("get", dst="2001:db8:7::1")[0]["type"] == 2  # RTN_LOCAL
+            route = ipr.route("get", dst="2001:db8:70::5")[0].get_attr("RTA_OIF") == index
+            return up, local, route
+
+        def failing(ipr: Any) -> bool:
+            index = make(ipr, "tbup1")
+
+            def refuse() -> None:
+                raise OSError("prepare failed")
+
+            with pytest.raises(OSError, match="prepare failed"):
+                bring_up_link(ipr, index, [address], [], prepare=refuse)
+            return not ipr.link_lookup(ifname="tbup1")
+
+        return (*iproute_call(good), iproute_call(failing))
+
+    assert in_throwaway_netns(scenario) == (True, True, True, True)

@@ -66,7 +66,7 @@ from tunnelbroker.client.dataplane import (
 from tunnelbroker.client.echo import EchoSocket, watch_replies
 from tunnelbroker.client.tsp import Negotiated
 from tunnelbroker.tunnelserver.kernel import KernelFeatures, detect_features
-from tunnelbroker.tunnelserver.tun import address_args, iproute_call, wait_until_local
+from tunnelbroker.tunnelserver.tun import bring_up_link, iproute_call
 
 __all__ = [
     "BACKENDS",
@@ -301,18 +301,7 @@ def _add_link(
             ipr.link("del", index=old)
         ipr.link("add", ifname=name, mtu=TUN_MTU, **data)
         (index,) = ipr.link_lookup(ifname=name)
-        try:
-            _complete_checksums(name)
-            ipr.link("set", index=index, state="up")
-            for a in addresses:
-                ipr.addr("replace", index=index, **address_args(a))
-            wait_until_local(ipr, addresses)
-            for route in routes:
-                ipr.route("replace", dst=route, oif=index)
-        except BaseException:
-            with contextlib.suppress(NetlinkError):  # keep the first error
-                ipr.link("del", index=index)  # its addresses and routes go with it
-            raise
+        bring_up_link(ipr, index, addresses, routes, prepare=lambda: _complete_checksums(name))
         return int(index)
 
     try:

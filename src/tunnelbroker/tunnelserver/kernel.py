@@ -22,7 +22,6 @@ has the whole story.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import gzip
@@ -43,10 +42,9 @@ from pyroute2.netlink.generic import GenericNetlinkSocket  # type: ignore[import
 
 from tunnelbroker.tunnelserver.tun import (
     TunDevice,
-    address_args,
+    bring_up_link,
     iproute_call,
     off_event_loop,
-    wait_until_local,
 )
 
 __all__ = [
@@ -622,17 +620,7 @@ class KernelBackend:
         def run(ipr: Any) -> int:
             ipr.link("add", ifname=ifname, mtu=mtu, **data)
             (index,) = ipr.link_lookup(ifname=ifname)
-            try:
-                ipr.link("set", index=index, state="up")
-                for a in addresses:
-                    ipr.addr("replace", index=index, **address_args(a))
-                wait_until_local(ipr, addresses)
-                for net in routes:
-                    ipr.route("replace", dst=str(net), oif=index)
-            except BaseException:
-                with contextlib.suppress(NetlinkError):  # keep the first error
-                    ipr.link("del", index=index)  # its addresses and routes go with it
-                raise
+            bring_up_link(ipr, index, addresses, [str(net) for net in routes])
             return int(index)
 
         try:

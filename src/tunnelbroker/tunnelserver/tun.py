@@ -17,6 +17,7 @@ Addresses, MTU and routes are set over rtnetlink with pyroute2 (:func:`iproute_c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import ipaddress
@@ -137,6 +138,34 @@ def wait_until_local(
             if time.monotonic() > deadline:
                 raise OSError(errno.ETIMEDOUT, f"{iface.ip} did not become a local address")
             time.sleep(0.001)
+
+
+def bring_up_link(
+    ipr: Any,
+    index: int,
+    addresses: Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+    routes: Sequence[str],
+    prepare: Callable[[], None] | None = None,
+) -> None:
+    """Run ``prepare``, set link ``index`` up, give it ``addresses`` and route ``routes``
+    through it, once the addresses are local.
+
+    For a tunnel device just made: if any step fails the link is deleted (its addresses and
+    routes go with it) and the first error is raised, so nothing is left half made.
+    """
+    try:
+        if prepare is not None:
+            prepare()
+        ipr.link("set", index=index, state="up")
+        for a in addresses:
+            ipr.addr("replace", index=index, **address_args(a))
+        wait_until_local(ipr, addresses)
+        for route in routes:
+            ipr.route("replace", dst=route, oif=index)
+    except BaseException:
+        with contextlib.suppress(NetlinkError):  # keep the first error
+            ipr.link("del", index=index)
+        raise
 
 
 def iproute_call(fn: Callable[[Any], T]) -> T:
