@@ -551,12 +551,15 @@ def _whole_second() -> float:
     return float(int(time.time()))
 
 
-def _ayiya_up(p: Plane, link: AyiyaLink) -> tuple[TunnelState, fastpath.FastPath]:
-    """The AYIYA tunnel installed, and its endpoint learnt from a first datagram."""
+def _ayiya_up(
+    p: Plane, link: AyiyaLink, at: float | None = None
+) -> tuple[TunnelState, fastpath.FastPath]:
+    """The AYIYA tunnel installed, and its endpoint learnt from a first datagram (signed at
+    ``at``, default now)."""
     assert p.dp.fast is not None
     state = ayiya_state()
     p.dp.add_tunnel(state)
-    p.ay.sendto(link.forward(_up(b"hello"), time.time()), p.ayiya_to)
+    p.ay.sendto(link.forward(_up(b"hello"), time.time() if at is None else at), p.ayiya_to)
     p.host.settimeout(5)
     assert p.host.recvfrom(100)[0] == b"hello"
     return state, p.dp.fast
@@ -649,13 +652,7 @@ def test_ayiya_move_is_decided_in_python_then_c_forwards_from_the_new_address() 
             moved.bind((AY_MOVED4, 0))
             link = _client_link()
             second = _whole_second()
-            state = ayiya_state()
-            p.dp.add_tunnel(state)
-            p.ay.sendto(link.forward(_up(b"hello"), second), p.ayiya_to)
-            p.host.settimeout(5)
-            assert p.host.recvfrom(100)[0] == b"hello"
-            fast = p.dp.fast
-            assert fast is not None
+            state, fast = _ayiya_up(p, link, second)
             before = fast.stats()
             # The NAT mapping changed: a newer datagram from elsewhere moves the tunnel.
             moved.sendto(link.forward(_up(b"moved"), second + 1), p.ayiya_to)
@@ -695,13 +692,7 @@ def test_a_replay_from_a_new_address_does_not_move_the_tunnel() -> None:
             thief.bind((AY_MOVED4, 0))
             link = _client_link()
             second = _whole_second()
-            state = ayiya_state()
-            p.dp.add_tunnel(state)
-            p.ay.sendto(link.forward(_up(b"hello"), second), p.ayiya_to)
-            p.host.settimeout(5)
-            assert p.host.recvfrom(100)[0] == b"hello"
-            fast = p.dp.fast
-            assert fast is not None
+            state, fast = _ayiya_up(p, link, second)
             before = fast.stats()
             accepted = link.forward(_up(b"accepted in C"), second)
             p.ay.sendto(accepted, p.ayiya_to)
@@ -1063,6 +1054,16 @@ def test_bad_ayiya_arguments_are_refused(idle_fast: fastpath.FastPath) -> None:
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as six:
         with pytest.raises(ValueError):
             engine.add_ayiya(six.fileno())
+        with pytest.raises(ValueError, match="IPv4"):
+            engine.add_udp(six.fileno())
+    r, w = os.pipe()  # not a socket at all
+    try:
+        for add in (engine.add_udp, engine.add_ayiya):
+            with pytest.raises(OSError):
+                add(r)
+    finally:
+        os.close(r)
+        os.close(w)
     assert engine.stats()["tunnels"] == 1
 
 

@@ -1175,6 +1175,22 @@ static PyObject *Engine_stop(Engine *e, PyObject *noargs)
     Py_RETURN_NONE;
 }
 
+/* The address socket fd is bound to, into *sa; -1 with a Python error (OSError, or
+ * ValueError saying `not_ipv4`) unless it is an IPv4 socket. */
+static int ipv4_socket(int fd, struct sockaddr_in *sa, const char *not_ipv4)
+{
+    socklen_t len = sizeof *sa;
+    if (getsockname(fd, (struct sockaddr *)sa, &len) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    if (sa->sin_family != AF_INET) {
+        PyErr_SetString(PyExc_ValueError, not_ipv4);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Engine_add_udp(Engine *e, PyObject *args)
 {
     int fd;
@@ -1182,13 +1198,8 @@ static PyObject *Engine_add_udp(Engine *e, PyObject *args)
         return NULL;
     CHECK_INIT(e, NULL);
     struct sockaddr_in sa;
-    socklen_t len = sizeof sa;
-    if (getsockname(fd, (struct sockaddr *)&sa, &len) < 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
-    if (sa.sin_family != AF_INET) {
-        PyErr_SetString(PyExc_ValueError, "v6udpv4 sockets are IPv4 (AF_INET)");
+    if (ipv4_socket(fd, &sa, "v6udpv4 sockets are IPv4 (AF_INET)") < 0)
         return NULL;
-    }
     int on = 1;
     if (setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on) < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -1249,13 +1260,8 @@ static PyObject *Engine_add_ayiya(Engine *e, PyObject *args)
         return NULL;
     CHECK_INIT(e, NULL);
     struct sockaddr_in sa;
-    socklen_t len = sizeof sa;
-    if (getsockname(fd, (struct sockaddr *)&sa, &len) < 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
-    if (sa.sin_family != AF_INET) {
-        PyErr_SetString(PyExc_ValueError, "the AYIYA socket is IPv4 (AF_INET)");
+    if (ipv4_socket(fd, &sa, "the AYIYA socket is IPv4 (AF_INET)") < 0)
         return NULL;
-    }
     lock_from_python(e);
     if (e->ayiya_fd >= 0) {
         pthread_mutex_unlock(&e->lock);
