@@ -13,7 +13,6 @@ Run as a script (``python test_kernel_client.py --guest DIR``) this file is the 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
@@ -36,11 +35,13 @@ from tests.e2e.test_client_lab import (
     BrokerInLab,
     Client,
     broker_config,
+    check_router_mode,
     ping_until,
     start_client,
     stop_client,
     tcp_transfer,
 )
+from tests.tunnelserver.test_kernel import ALL_MISSING
 from tests.vm import guest_main, run_in_vm
 
 from tunnelbroker.cli.client import client
@@ -56,13 +57,7 @@ from tunnelbroker.tunnelserver.kernel import KernelFeatures, detect_features, in
 from tunnelbroker.tunnelserver.tun import iproute_call
 
 EVERYTHING = KernelFeatures(sit=True, ip6tnl=True, fou=True, tun=True)
-NOTHING = KernelFeatures(
-    sit=False,
-    ip6tnl=False,
-    fou=False,
-    tun=True,
-    reasons={"sit": "no sit here", "ip6tnl": "no ip6tnl here", "fou": "no fou here"},
-)
+NOTHING = ALL_MISSING
 SIT_MISSING = "sit: not available (needed for v6v4 and v6udpv4 tunnels); no sit here"
 IP6TNL_MISSING = (
     "ip6tnl: not available (needed for v4v6 tunnels, as ip6tnl mode ipip6); no ip6tnl here"
@@ -432,22 +427,9 @@ def _guest_v4v6(b: BrokerInLab, step: Callable[[str], None]) -> None:
 
 
 def _guest_router(b: BrokerInLab, step: Callable[[str], None]) -> None:
-    lab = b.lab
-    # A veth pair inside cpub stands for the LAN, as in tests/e2e/test_client_lab.py.
-    lab.run("cpub", "ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan1")
-    lab.run("cpub", "ip", "link", "set", "lan0", "up")
-    lab.run("cpub", "ip", "link", "set", "lan1", "up")
-    args = ["--type", "v6v4", "--backend", "kernel", "--router", "--lan-interface", "lan0"]
-    c = start_client(b, "cpub", *args, account=True)
-    (n,) = c.wait_connections(1, 60)
-    assert n["prefix"] and n["prefix_length"] == 56
-    lan_address = str(ipaddress.IPv6Address(n["prefix"]) + 1)
-    assert f"{lan_address}/64" in lab.run("cpub", "ip", "-6", "addr", "show", "lan0").stdout
-    # The IPv6 internet reaches the LAN's address through the broker and the sit device.
-    assert ping_until(lab, "inet6", lan_address, 20), c.err.read_text()
-    stop_client(c, lab, "cpub")
-    assert lan_address not in lab.run("cpub", "ip", "-6", "addr", "show", "lan0").stdout
-    assert n["prefix"] not in lab.run("cpub", "ip", "-6", "route").stdout
+    check_router_mode(
+        b, "--type", "v6v4", "--backend", "kernel", connect_timeout=60, ping_timeout=20
+    )
     step("router mode through sit: the /56's first address on lan0, reached from inet6: ok")
 
 

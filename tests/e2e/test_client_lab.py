@@ -332,24 +332,30 @@ def test_v6v4_over_raw_protocol_41(broker: BrokerInLab, fast: bool) -> None:
     stop_client(c, lab, "cpub")
 
 
-def test_router_mode_puts_the_prefix_on_the_lan(broker: BrokerInLab) -> None:
-    lab = broker.lab
+def check_router_mode(
+    b: BrokerInLab, *args: str, connect_timeout: float = 30, ping_timeout: float = 10
+) -> None:
+    """``client --router --lan-interface lan0 *args`` on cpub: the delegated /56's first
+    address goes on the LAN, the IPv6 internet reaches it, and it goes again on SIGTERM."""
+    lab = b.lab
     # No dummy module here: a veth pair inside cpub stands for the LAN.
     lab.run("cpub", "ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan1")
     lab.run("cpub", "ip", "link", "set", "lan0", "up")
     lab.run("cpub", "ip", "link", "set", "lan1", "up")
-    c = start_client(
-        broker, "cpub", "--type", "v6udpv4", "--router", "--lan-interface", "lan0", account=True
-    )
-    (n,) = c.wait_connections(1, 30)
+    c = start_client(b, "cpub", *args, "--router", "--lan-interface", "lan0", account=True)
+    (n,) = c.wait_connections(1, connect_timeout)
     assert n["prefix"] and n["prefix_length"] == 56
     lan_address = str(ipaddress.IPv6Address(n["prefix"]) + 1)
     assert f"{lan_address}/64" in lab.run("cpub", "ip", "-6", "addr", "show", "lan0").stdout
     # The IPv6 internet reaches the LAN's address through the broker and the tunnel.
-    assert ping_until(lab, "inet6", lan_address, 10), c.err.read_text()
+    assert ping_until(lab, "inet6", lan_address, ping_timeout), c.err.read_text()
     stop_client(c, lab, "cpub")
     assert lan_address not in lab.run("cpub", "ip", "-6", "addr", "show", "lan0").stdout
     assert n["prefix"] not in lab.run("cpub", "ip", "-6", "route").stdout
+
+
+def test_router_mode_puts_the_prefix_on_the_lan(broker: BrokerInLab) -> None:
+    check_router_mode(broker, "--type", "v6udpv4")
 
 
 def test_v6anyv4_from_a_public_host_becomes_v6v4(broker: BrokerInLab) -> None:
