@@ -11,7 +11,11 @@ setup(
     ext_modules=[
         Extension(
             "tunnelbroker.tunnelserver._fastpath",
-            sources=["src/tunnelbroker/tunnelserver/_fastpath.c"],
+            sources=[
+                "src/tunnelbroker/tunnelserver/_fastpath.c",
+                "src/tunnelbroker/tunnelserver/sha1x16.c",
+            ],
+            depends=["src/tunnelbroker/tunnelserver/sha1x16.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             # SHA-1 for AYIYA (libssl-dev).
             libraries=["crypto"],

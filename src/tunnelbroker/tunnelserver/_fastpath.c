@@ -58,6 +58,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "sha1x16.h"
+
 /* Packets per system call and per wake-up of one descriptor. */
 #define BATCH 64
 /* Bytes per packet buffer: the largest IPv4/UDP payload, so nothing is ever truncated. */
@@ -81,6 +83,10 @@
 #define AY_B1 0x52
 #define AY_B2_FORWARD 0x11
 #define AY_NH_IPV6 41
+/* Fewer datagrams than this to hash in one batch go one by one through libcrypto (SHA-NI),
+ * the rest through sixteen-lane SHA-1 (sha1x16.c), which costs the same for a full set of
+ * lanes as for one: it breaks even at about five (bench/README.md). */
+#define X16_MIN 6
 /* ReplayCache: 1024 slots of 8 digest bytes (replay.py DEFAULT_SLOTS, _KEY_BYTES). */
 #define REPLAY_SLOTS 1024
 #define REPLAY_KEY 8
@@ -278,6 +284,8 @@ typedef struct {
     struct mmsghdr msgs[BATCH];
     struct iovec iov[BATCH][2]; /* [0] the AYIYA header when there is one, then the packet */
     uint8_t head[BATCH][AY_HEADER];
+    sha1x16_msg sign[BATCH]; /* AYIYA: what to sign, before the queue is sent */
+    uint8_t bad[BATCH];      /* not to be sent (its signature could not be made) */
     struct sockaddr_in to[BATCH];
     union {
         char buf[CMSG_SPACE(sizeof(struct in_pktinfo))];
@@ -337,6 +345,7 @@ typedef struct {
     uint64_t drops_taken; /* dropped before the last take_drops(), for stats() */
     uint64_t send_errors;
     uint64_t fast_in, fast_out, punted, batches;
+    uint64_t lane_hashes; /* AYIYA signatures made by sha1x16() */
 
     /* Forwarding thread buffers. */
     uint8_t *tunbuf;   /* BATCH * SLOT */
@@ -355,6 +364,7 @@ typedef struct {
     EVP_MD *sha1_fetched; /* OpenSSL 3: fetched once, so no init looks it up again */
     const EVP_MD *sha1;
     EVP_MD_CTX *md;
+    int x16; /* sha1x16() runs here */
 } Engine;
 
 static double now_mono(void)
@@ -544,6 +554,36 @@ static int ayiya_sign(Engine *e, const uint8_t *head, const uint8_t *key, const 
            EVP_DigestFinal_ex(e->md, out, &len) == 1 && len == AY_KEY;
 }
 
+/* The signature of each of jobs[0..n) (head, key and payload as in ayiya_sign): in lanes when
+ * there are enough, the rest one by one. ok[i] = 0 where none could be made. */
+static void ayiya_sign_many(Engine *e, const sha1x16_msg *jobs, size_t n, uint8_t *ok)
+{
+    size_t lanes = 0;
+    if (e->x16 && n >= X16_MIN) {
+        /* A last set of lanes too empty to pay goes to libcrypto instead. */
+        lanes = n % SHA1X16_LANES >= X16_MIN ? n : n - n % SHA1X16_LANES;
+        sha1x16(jobs, lanes);
+        memset(ok, 1, lanes);
+        e->lane_hashes += lanes;
+    }
+    for (size_t i = lanes; i < n; i++)
+        ok[i] = (uint8_t)ayiya_sign(e, jobs[i].part[0], jobs[i].part[1], jobs[i].part[2],
+                                    jobs[i].len[2], jobs[i].out);
+}
+
+/* Where message i of an AYIYA datagram's signature is: head (24 bytes), key, payload. */
+static void ayiya_job(sha1x16_msg *j, const uint8_t *head, const uint8_t *key,
+                      const uint8_t *payload, size_t n, uint8_t *out)
+{
+    j->part[0] = head;
+    j->len[0] = AY_SIG_START;
+    j->part[1] = key;
+    j->len[1] = AY_KEY;
+    j->part[2] = payload;
+    j->len[2] = n;
+    j->out = out;
+}
+
 /* ------------------------------------------------------------------ the slow-path queue */
 
 static void punt_packet(Engine *e, int kind, int sock, const uint8_t *p, size_t n,
@@ -585,8 +625,16 @@ static void punt_packet(Engine *e, int kind, int sock, const uint8_t *p, size_t 
 static void flush(Engine *e, int fd, outq *q)
 {
     unsigned off = 0, guard = 0;
-    while (off < q->n && guard++ < 2 * BATCH) {
-        int r = sendmmsg(fd, q->msgs + off, q->n - off, MSG_DONTWAIT);
+    while (off < q->n && guard++ < 4 * BATCH) {
+        if (q->bad[off]) {
+            e->send_errors++;
+            off++;
+            continue;
+        }
+        unsigned end = off + 1;
+        while (end < q->n && !q->bad[end])
+            end++;
+        int r = sendmmsg(fd, q->msgs + off, end - off, MSG_DONTWAIT);
         if (r > 0) {
             off += (unsigned)r;
         } else if (r < 0 && errno == EINTR) {
@@ -597,6 +645,7 @@ static void flush(Engine *e, int fd, outq *q)
             off++;
         }
     }
+    memset(q->bad, 0, q->n);
     q->n = 0;
 }
 
@@ -717,10 +766,8 @@ static void tun_batch(Engine *e)
             h[6] = (uint8_t)(epoch >> 8);
             h[7] = (uint8_t)epoch;
             memcpy(h + AY_FIXED, t->ay->local, 16);
-            if (!ayiya_sign(e, h, t->ay->key, p, n, h + AY_SIG_START)) {
-                e->send_errors++;
-                continue;
-            }
+            /* Signed with the rest of the batch, before it is sent. */
+            ayiya_job(&e->qayiya->sign[e->qayiya->n], h, t->ay->key, p, n, h + AY_SIG_START);
             enqueue(e->qayiya, h, p, n, t->remote4, t->port, 0);
         } else {
             int s = t->sock;
@@ -741,8 +788,14 @@ static void tun_batch(Engine *e)
     }
     if (e->q41->n)
         flush(e, e->raw41_fd, e->q41);
-    if (e->qayiya->n)
-        flush(e, e->ayiya_fd, e->qayiya);
+    if (e->qayiya->n) {
+        outq *q = e->qayiya;
+        uint8_t ok[BATCH];
+        ayiya_sign_many(e, q->sign, q->n, ok);
+        for (unsigned i = 0; i < q->n; i++)
+            q->bad[i] = !ok[i];
+        flush(e, e->ayiya_fd, q);
+    }
     for (int s = 0; s < MAX_UDP; s++)
         if (e->qudp[s]->n)
             flush(e, e->udp[s].fd, e->qudp[s]);
@@ -901,36 +954,43 @@ static void ayiya_drop(Engine *e, int why)
     e->drops[D_BAD_AYIYA]++;
 }
 
-/* One AYIYA datagram from src4:port, as ForwardingCore.from_ayiya would take it: forwarded or
- * dropped here, or 1: punt it (the core decides). */
-static int from_ayiya(Engine *e, const uint8_t *p, size_t n, const uint8_t *src4, uint16_t port,
-                      double now, double wall)
+/* What the first look at an AYIYA datagram decided (ForwardingCore.from_ayiya's checks up to
+ * the signature): its tunnel's slot (>= 0: the signature is next), or one of these. */
+enum { AY_PUNT = -1, AY_DONE = -2 };
+
+static int32_t ayiya_tunnel(Engine *e, const uint8_t *p, size_t n, double wall)
 {
     /* Only a Forward of IPv6 in the profile is decided here; codec.decode names the rest. */
     if (n < AY_HEADER || p[0] != AY_B0 || p[1] != AY_B1 || p[2] != AY_B2_FORWARD ||
         p[3] != AY_NH_IPV6)
-        return 1;
+        return AY_PUNT;
     const uint8_t *payload = p + AY_HEADER;
     size_t plen = n - AY_HEADER;
     /* codec.check_payload for Next Header 41: exactly one whole IPv6 packet. */
     if (plen < 40 || payload[0] >> 4 != 6 || 40 + (((size_t)payload[4] << 8) | payload[5]) != plen)
-        return 1;
+        return AY_PUNT;
     hkey k;
     identity_key(&k, p + AY_FIXED);
     int32_t s = ht_get(&e->index, &k);
     if (s < 0)
-        return 1; /* UNKNOWN_IDENTITY */
-    tunnel *t = &e->tunnels[s];
-    ayiya_link *a = t->ay;
+        return AY_PUNT; /* UNKNOWN_IDENTITY */
     /* verify._check: the clock, then the signature, the replay cache last. */
     uint32_t epoch = ((uint32_t)p[4] << 24) | ((uint32_t)p[5] << 16) | ((uint32_t)p[6] << 8) | p[7];
-    if (fabs(wall - (double)epoch) > (double)a->window) {
+    if (fabs(wall - (double)epoch) > (double)e->tunnels[s].ay->window) {
         ayiya_drop(e, A_CLOCK_SKEW);
-        return 0;
+        return AY_DONE;
     }
-    uint8_t sig[AY_KEY];
-    if (!ayiya_sign(e, p, a->key, payload, plen, sig))
-        return 1; /* no hash here (cannot happen short of OOM): Python has its own */
+    return s;
+}
+
+/* The rest for a datagram of tunnel slot s whose signature should be sig: forwarded or
+ * dropped here, or 1: punt it (the core decides). */
+static int ayiya_signed(Engine *e, int32_t s, const uint8_t *p, size_t n, const uint8_t *sig,
+                        const uint8_t *src4, uint16_t port, double now)
+{
+    tunnel *t = &e->tunnels[s];
+    ayiya_link *a = t->ay;
+    const uint8_t *payload = p + AY_HEADER;
     if (CRYPTO_memcmp(sig, p + AY_SIG_START, AY_KEY) != 0) {
         ayiya_drop(e, A_BAD_SIGNATURE);
         return 0;
@@ -944,6 +1004,7 @@ static int from_ayiya(Engine *e, const uint8_t *p, size_t n, const uint8_t *src4
      * cache is not touched here. */
     if (memcmp(payload + 24, t->server_inner, 16) == 0)
         return 1;
+    uint32_t epoch = ((uint32_t)p[4] << 24) | ((uint32_t)p[5] << 16) | ((uint32_t)p[6] << 8) | p[7];
     int v = replay_check(a, epoch, p + AY_SIG_START, 0);
     if (v < 0) {
         e->drops[D_OVERLOAD]++;
@@ -956,26 +1017,54 @@ static int from_ayiya(Engine *e, const uint8_t *p, size_t n, const uint8_t *src4
     /* Any valid datagram proves the tunnel alive, whatever happens to its payload. */
     t->last_seen = now;
     t->dirty = 1;
-    return from_client6(e, t, payload, plen, now);
+    return from_client6(e, t, payload, n - AY_HEADER, now);
 }
 
+/* A batch from the AYIYA socket, in three passes so the signatures are made together: which
+ * tunnel (and the clock), every signature, then the rest in the order they came. Nothing the
+ * first two passes read changes during the third: the tables change only under the lock. */
 static void ayiya_batch(Engine *e)
 {
     int r = receive_batch(e, e->ayiya_fd, 0);
     double now = now_mono(), wall = now_wall();
+    int32_t slot[BATCH];
+    sha1x16_msg jobs[BATCH];
+    uint8_t sig[BATCH][AY_KEY], ok[BATCH];
+    size_t njobs = 0;
     for (int i = 0; i < r; i++) {
         const uint8_t *p = e->rxbuf + (size_t)i * SLOT;
         size_t n = e->rx_msgs[i].msg_len;
         struct msghdr *m = &e->rx_msgs[i].msg_hdr;
+        slot[i] = AY_DONE;
         if (m->msg_namelen < sizeof(struct sockaddr_in) || e->rx_from[i].sin_family != AF_INET)
             continue;
         if (m->msg_flags & MSG_TRUNC) {
             e->drops[D_MALFORMED]++;
             continue;
         }
+        slot[i] = ayiya_tunnel(e, p, n, wall);
+        if (slot[i] >= 0) {
+            ayiya_job(&jobs[njobs], p, e->tunnels[slot[i]].ay->key, p + AY_HEADER,
+                      n - AY_HEADER, sig[njobs]);
+            njobs++;
+        }
+    }
+    ayiya_sign_many(e, jobs, njobs, ok);
+    size_t j = 0;
+    for (int i = 0; i < r; i++) {
+        if (slot[i] == AY_DONE)
+            continue;
+        const uint8_t *p = e->rxbuf + (size_t)i * SLOT;
+        size_t n = e->rx_msgs[i].msg_len;
         const uint8_t *src4 = (const uint8_t *)&e->rx_from[i].sin_addr;
         uint16_t port = ntohs(e->rx_from[i].sin_port);
-        if (from_ayiya(e, p, n, src4, port, now, wall))
+        int punt = 1;
+        if (slot[i] >= 0) {
+            /* No hash made (cannot happen short of OOM): Python has its own. */
+            punt = !ok[j] || ayiya_signed(e, slot[i], p, n, sig[j], src4, port, now);
+            j++;
+        }
+        if (punt)
             punt_packet(e, PUNT_AYIYA, -1, p, n, src4, port, 0);
     }
 }
@@ -1130,6 +1219,7 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kw)
     e->sha1 = EVP_sha1();
 #endif
     e->md = EVP_MD_CTX_new();
+    e->x16 = sha1x16_usable();
     if (e->sha1 == NULL || e->md == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL has no SHA-1 here");
         return -1;
@@ -1756,13 +1846,14 @@ static PyObject *Engine_stats(Engine *e, PyObject *noargs)
     uint64_t dropped = e->drops_taken;
     for (int i = 0; i < N_DROPS; i++)
         dropped += e->drops[i];
-    unsigned long long v[9] = {e->fast_in, e->fast_out, e->punted,
-                               e->send_errors, e->batches, e->live,
-                               e->ring_count, (unsigned)e->thread_errno, dropped};
+    unsigned long long v[10] = {e->fast_in, e->fast_out, e->punted,
+                                e->send_errors, e->batches, e->live,
+                                e->ring_count, (unsigned)e->thread_errno, dropped,
+                                e->lane_hashes};
     pthread_mutex_unlock(&e->lock);
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsK}", "fast_in", v[0], "fast_out", v[1], "punted",
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsK}", "fast_in", v[0], "fast_out", v[1], "punted",
                          v[2], "send_errors", v[3], "batches", v[4], "tunnels", v[5], "queued",
-                         v[6], "thread_errno", v[7], "dropped", v[8]);
+                         v[6], "thread_errno", v[7], "dropped", v[8], "sha1_lanes", v[9]);
 }
 
 static PyObject *Engine_get_punt_fd(Engine *e, void *closure) { return PyLong_FromLong(e->punt_fd); }
@@ -1828,9 +1919,66 @@ static PyTypeObject EngineType = {
     .tp_getset = Engine_getset,
 };
 
+/* sha1_lanes([(part, ...), ...]): sha1x16() from Python, so tests can hold it to hashlib. */
+static PyObject *sha1_lanes(PyObject *mod, PyObject *arg)
+{
+    if (!sha1x16_usable()) {
+        PyErr_SetString(PyExc_RuntimeError, "sixteen-lane SHA-1 needs AVX-512 F and BW");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(arg, "sha1_lanes takes a list of tuples of bytes");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    sha1x16_msg *msgs = PyMem_Calloc((size_t)n + 1, sizeof *msgs);
+    PyObject *outs = PyList_New(n);
+    PyObject *result = NULL;
+    if (msgs == NULL || outs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *parts = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(parts) || PyTuple_GET_SIZE(parts) > SHA1X16_PARTS) {
+            PyErr_SetString(PyExc_TypeError, "each message is a tuple of at most 3 bytes objects");
+            goto done;
+        }
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(parts); k++) {
+            PyObject *b = PyTuple_GET_ITEM(parts, k);
+            if (!PyBytes_Check(b)) {
+                PyErr_SetString(PyExc_TypeError, "message parts are bytes");
+                goto done;
+            }
+            msgs[i].part[k] = (const uint8_t *)PyBytes_AS_STRING(b);
+            msgs[i].len[k] = (size_t)PyBytes_GET_SIZE(b);
+        }
+        PyObject *out = PyBytes_FromStringAndSize(NULL, AY_KEY);
+        if (out == NULL)
+            goto done;
+        PyList_SET_ITEM(outs, i, out);
+        msgs[i].out = (uint8_t *)PyBytes_AS_STRING(out);
+    }
+    /* The tuples, hence the bytes, are held by seq until the hashes are made. */
+    sha1x16(msgs, (size_t)n);
+    result = outs;
+    outs = NULL;
+done:
+    Py_XDECREF(outs);
+    PyMem_Free(msgs);
+    Py_DECREF(seq);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"sha1_lanes", sha1_lanes, METH_O,
+     "sha1_lanes(messages) -> [SHA-1 of b''.join(parts) for parts in messages], in lanes."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_fastpath",
-    "The tunnel server's forwarding fast path (see _fastpath.c).", -1, NULL, NULL, NULL, NULL, NULL,
+    "The tunnel server's forwarding fast path (see _fastpath.c).", -1, module_methods, NULL, NULL,
+    NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void)
@@ -1848,6 +1996,8 @@ PyMODINIT_FUNC PyInit__fastpath(void)
         PyModule_AddIntConstant(m, "KIND_AYIYA", KIND_AYIYA) < 0 ||
         PyModule_AddIntConstant(m, "PUNT_AYIYA", PUNT_AYIYA) < 0 ||
         PyModule_AddIntConstant(m, "REPLAY_SLOTS", REPLAY_SLOTS) < 0 ||
+        PyModule_AddIntConstant(m, "SHA1_LANES", sha1x16_usable()) < 0 ||
+        PyModule_AddIntConstant(m, "X16_MIN", X16_MIN) < 0 ||
         PyModule_AddIntConstant(m, "PUNT_TUN", PUNT_TUN) < 0 ||
         PyModule_AddIntConstant(m, "PUNT_PROTO41", PUNT_PROTO41) < 0 ||
         PyModule_AddIntConstant(m, "PUNT_UDP", PUNT_UDP) < 0 ||

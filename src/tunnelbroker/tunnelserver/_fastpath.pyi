@@ -12,6 +12,12 @@ BATCH: int
 MAX_PREFIXES: int
 PUNT_CAP: int
 REPLAY_SLOTS: int
+#: 1 where AYIYA's SHA-1 runs in sixteen AVX-512 lanes (sha1x16.c), 0 where it does not.
+SHA1_LANES: int
+#: Signatures in one batch from which the lanes are used.
+X16_MIN: int
+
+def sha1_lanes(messages: list[tuple[bytes, ...]]) -> list[bytes]: ...
 
 #: (tunnel id, packets in, packets out, bytes in, bytes out, last seen on the monotonic clock)
 Counters = tuple[int, int, int, int, int, float]
