@@ -31,7 +31,7 @@ from tunnelbroker.store.database import Store
 from tunnelbroker.store.owner import owner_lock
 from tunnelbroker.store.records import TunnelRecord
 from tunnelbroker.tunnelserver.bridge import installable, state_from_record
-from tunnelbroker.tunnelserver.engine import Expired
+from tunnelbroker.tunnelserver.engine import Encap, Expired
 from tunnelbroker.tunnelserver.hostcheck import tunnel_module_warnings
 from tunnelbroker.tunnelserver.userspace import DataPlaneConfig, UserspaceDataPlane
 from tunnelbroker.web.schemas import TunnelStats
@@ -88,6 +88,8 @@ class Daemon:
         self._tic_servers: list[asyncio.Server] = []
         self._synced = time.monotonic()
         self._heartbeat_udp: list[asyncio.DatagramTransport] = []
+        #: AYIYA tunnels down for silence: carried without an endpoint until heard again.
+        self._silent: set[int] = set()
 
     async def startup(self) -> None:
         started = time.monotonic()
@@ -242,11 +244,16 @@ class Daemon:
         # Take the counters so far into the record first: a re-install starts from them.
         self._sync_traffic([event.tunnel.id])
         if event.kind == "down" or not self._carried(event.tunnel):
+            self._silent.discard(event.tunnel.id)
             dp.remove_tunnel(event.tunnel.id)
         else:
             dp.add_tunnel(
                 state_from_record(
-                    event.tunnel, time.time(), time.monotonic(), self.config.sixxs.clock_window
+                    event.tunnel,
+                    time.time(),
+                    time.monotonic(),
+                    self.config.sixxs.clock_window,
+                    silent=event.tunnel.id in self._silent,
                 )
             )
 
@@ -376,8 +383,15 @@ class Daemon:
                 return None
             last, now = t.last_seen, time.monotonic()
             counters = (t.packets_in, t.packets_out, t.bytes_in, t.bytes_out)
+            if t.encap is Encap.AYIYA:
+                # Up while its client is heard: an endpoint, and a datagram within down_after.
+                up = bool(t.remote) and now - last < self.config.sixxs.down_after
+            else:
+                up = last > 0 and (
+                    t.keepalive_interval == 0 or now - last < 3 * t.keepalive_interval
+                )
         return TunnelStats(
-            up=last > 0 and (t.keepalive_interval == 0 or now - last < 3 * t.keepalive_interval),
+            up=up,
             idle_seconds=now - last if last > 0 else None,
             packets_in=counters[0],
             packets_out=counters[1],
@@ -390,12 +404,29 @@ class Daemon:
         assert self.broker is not None
         now = time.time()
         for tunnel_id, address, port in items:
+            if tunnel_id in self._silent:
+                self._silent.discard(tunnel_id)
+                log.info("tunnel %s: AYIYA from %s:%s, up again", tunnel_id, address, port)
             try:
                 self.broker.update_endpoint(tunnel_id, address, port, now, learnt=True)
             except BrokerError as e:
                 log.warning(
                     "tunnel %s: learnt endpoint %s:%s refused: %s", tunnel_id, address, port, e
                 )
+
+    def _sweep_ayiya(self) -> None:
+        """AYIYA tunnels silent for ``[sixxs] down_after`` seconds are down until their next
+        datagram (sixxs.md §3.8); the data plane forgets where their clients were."""
+        dp = self.dataplane
+        if dp is None or not self.config.sixxs.ayiya_enabled:
+            return
+        for tunnel_id in dp.silence(self.config.sixxs.down_after):
+            self._silent.add(tunnel_id)
+            log.info(
+                "tunnel %s: no AYIYA datagram for %ss, down",
+                tunnel_id,
+                self.config.sixxs.down_after,
+            )
 
     def _on_expired(self, items: list[Expired]) -> None:
         assert self.broker is not None
@@ -418,13 +449,16 @@ class Daemon:
         assert self.broker is not None
         while True:
             nxt = self.broker.next_expiry()
-            # Heartbeat tunnels are checked every few seconds; lifetimes when they are due.
-            horizon = 5.0 if self.heartbeat is not None else 60.0
+            # Heartbeat and AYIYA tunnels are checked every few seconds for silence; lifetimes
+            # when they are due.
+            sixxs = self.heartbeat is not None or self.config.sixxs.ayiya_enabled
+            horizon = 5.0 if sixxs else 60.0
             delay = horizon if nxt is None else min(horizon, max(0.0, nxt - time.time()))
             await asyncio.sleep(delay)
             self.broker.expire(time.time())
             if self.heartbeat is not None:
                 self.heartbeat.sweep()
+            self._sweep_ayiya()
             if time.monotonic() - self._synced >= _TRAFFIC_SYNC:
                 self._synced = time.monotonic()
                 self._sync_traffic()

@@ -67,8 +67,11 @@ def test_beats_learn_the_endpoint_and_keep_the_tunnel_up(h: Harness) -> None:
     clock.advance(60)
     assert hb.datagram(build(client_address(t), secret, clock.wall), "203.0.113.9") is None
     assert t.client_ipv4 == "203.0.113.9"
-    # It falls silent: down after down_after seconds, up again (same endpoint) at the next beat.
-    clock.advance(h.config.sixxs.down_after + 1)
+    # It falls silent: down after down_after seconds (sixxs.md §3.8: "≥120 s"), up again
+    # (same endpoint) at the next beat.
+    clock.advance(h.config.sixxs.down_after - 1)
+    assert hb.sweep() == [] and hb.alive(t.id)
+    clock.advance(1)
     assert hb.sweep() == [t.id] and not hb.alive(t.id) and changes == [(t.id, False)]
     assert hb.datagram(build(client_address(t), secret, clock.wall), "203.0.113.9") is None
     assert changes[-1] == (t.id, True) and hb.alive(t.id)

@@ -366,3 +366,33 @@ def test_only_a_newer_ayiya_datagram_moves_the_endpoint() -> None:
     newer = client.noop(1_800_000_006.0)
     assert c.from_ayiya(newer, ("203.0.113.5", 40002), 6.0) == []
     assert state.port == 40002 and c.learned[-1] == (7, "203.0.113.5", 40002)
+
+
+def test_a_silent_ayiya_tunnel_is_down_until_its_next_newer_datagram() -> None:
+    c = ForwardingCore()
+    c.wall_offset = 1_800_000_000.0
+    state, client = _ayiya_pair()
+    c.add(state, 0.0)
+    assert c.silence(500.0, 120.0) == []  # never heard: nothing to forget
+    inner = udp6("2001:db8:8000:7::2", INTERNET)
+    # The client's clock is 60 s ahead (within the window), so what it sent before the
+    # silence is still fresh enough for the clock check afterwards.
+    assert c.from_ayiya(client.forward(inner, 1_800_000_070.0), ("203.0.113.5", 40000), 10.0)
+    assert c.silence(129.9, 120.0) == [] and state.remote == "203.0.113.5"
+    # sixxs.md §3.8: silent for 120 s or more is down; the endpoint is forgotten.
+    assert c.silence(130.0, 120.0) == [7]
+    assert (state.remote, state.port) == ("", None)
+    assert c.silence(131.0, 120.0) == []
+    out6 = udp6(INTERNET, "2001:db8:8000:7::2")
+    assert c.from_tun(out6, 131.0) == [] and c.drops[Drop.NO_ENDPOINT] == 1
+    # A datagram of that old second cannot bring it back anywhere: every move needs one newer
+    # than all accepted.
+    old = client.forward(udp6("2001:db8:8000:7::2", INTERNET, 65), 1_800_000_070.0)
+    assert c.from_ayiya(old, ("198.51.100.66", 1), 131.0) == []
+    assert c.ayiya_drops[AyiyaDrop.STALE_MOVE] == 1 and state.remote == ""
+    # The client's next datagram does, wherever it comes from now.
+    assert c.from_ayiya(client.noop(1_800_000_191.0), ("203.0.113.5", 40009), 131.0) == []
+    assert (state.remote, state.port) == ("203.0.113.5", 40009)
+    assert c.learned[-1] == (7, "203.0.113.5", 40009)
+    [(where, _, dest)] = c.from_tun(out6, 132.0)
+    assert where is Out.AYIYA and dest == ("203.0.113.5", 40009)

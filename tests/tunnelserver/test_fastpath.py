@@ -828,6 +828,37 @@ def test_peer_forwarder_speaks_ayiya_to_a_pop() -> None:
 
 @needs_netns
 @needs_ext
+def test_a_silent_ayiya_tunnel_stops_in_c_and_comes_back_at_its_next_datagram() -> None:
+    def scenario() -> None:
+        with plane(ayiya=True) as p:
+            link = _client_link()
+            second = _whole_second()
+            _, fast = _ayiya_up(p, link, second)
+            assert p.dp.silence(3600.0) == []
+            # (down_after 0: silent already.) C forgets the endpoint with the core.
+            assert p.dp.silence(0.0) == [AY_ID]
+            assert p.tunnel(AY_ID).remote == ""
+            base = p.drops()
+            p.host.sendto(b"nowhere", (AY_CLIENT6, 5000))
+            wait_for("the drop", lambda: _deltas(p.drops(), base).get(Drop.NO_ENDPOINT) == 1)
+            p.ay.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                p.ay.recvfrom(2000)
+            # The client's next datagram: learnt again (in Python), then C sends to it.
+            p.ay.sendto(link.forward(_up(b"back"), second + 1), p.ayiya_to)
+            assert p.host.recvfrom(100)[0] == b"back"
+            assert p.learned[-1] == (AY_ID, AY_CLIENT4, p.ay.getsockname()[1])
+            before = fast.stats()["fast_out"]
+            p.host.sendto(b"there", (AY_CLIENT6, 5000))
+            got = link.receive(recv_from(p.ay, lambda d: True), time.time())
+            assert isinstance(got, AyiyaPacket) and got.payload[48:] == b"there"
+            assert fast.stats()["fast_out"] == before + 1
+
+    in_throwaway_netns(scenario)
+
+
+@needs_netns
+@needs_ext
 @needs_lanes
 def test_an_ayiya_burst_is_verified_and_signed_in_lanes() -> None:
     """A batch of AYIYA datagrams each way is hashed in sixteen-lane SHA-1, with the same

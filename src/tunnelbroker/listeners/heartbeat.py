@@ -61,7 +61,8 @@ class HeartbeatService:
 
     def alive(self, tunnel_id: int) -> bool:
         last = self._last.get(tunnel_id)
-        return last is not None and self.mono() - last <= self.config.down_after
+        # sixxs.md §3.8: silent for down_after seconds or more is down.
+        return last is not None and self.mono() - last < self.config.down_after
 
     def observe(self, event: TunnelEvent) -> None:
         t = event.tunnel
@@ -86,7 +87,7 @@ class HeartbeatService:
     def sweep(self) -> list[int]:
         """Mark tunnels silent for too long down; returns their ids."""
         now = self.mono()
-        gone = [tid for tid, last in self._last.items() if now - last > self.config.down_after]
+        gone = [tid for tid, last in self._last.items() if now - last >= self.config.down_after]
         for tid in gone:
             del self._last[tid]
             t = self.broker.tunnels.get(tid)

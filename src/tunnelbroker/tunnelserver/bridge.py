@@ -31,14 +31,20 @@ def installable(record: TunnelRecord) -> bool:
 
 
 def state_from_record(
-    record: TunnelRecord, now_wall: float, now_mono: float, clock_window: int = 120
+    record: TunnelRecord,
+    now_wall: float,
+    now_mono: float,
+    clock_window: int = 120,
+    *,
+    silent: bool = False,
 ) -> TunnelState:
     """The data plane's view of a live tunnel.
 
     The link /64 gives the server ``::1`` (the keepalive address) and the client ``::2``; a v4v6
     link /30 gives the client the first host and the server the second. Lifetimes are stored as
     wall-clock time and the data plane runs on the monotonic clock. Only for records that
-    are :func:`installable`.
+    are :func:`installable`. ``silent``: an AYIYA tunnel that is down (no datagram for too
+    long) goes in without its last endpoint, until its client is heard again.
     """
     assert record.id is not None
     encap = Encap(record.type)
@@ -57,6 +63,9 @@ def state_from_record(
             if routed:
                 prefixes.append(ipaddress.IPv6Network(routed))
         remote = record.client_ipv4 or ""
+    port = record.client_port if encap in (Encap.V6UDPV4, Encap.AYIYA) else None
+    if silent and encap is Encap.AYIYA:
+        remote, port = "", None
     ayiya = None
     if encap is Encap.AYIYA:
         ayiya = AyiyaLink(
@@ -70,7 +79,7 @@ def state_from_record(
         tunnel_id=record.id,
         encap=encap,
         remote=remote,
-        port=record.client_port if encap in (Encap.V6UDPV4, Encap.AYIYA) else None,
+        port=port,
         ayiya=ayiya,
         prefixes=prefixes,
         server_inner=str(server),

@@ -295,8 +295,9 @@ class ForwardingCore:
         t = self._by_identity.get(decoded.identity_packed)
         if t is None or t.ayiya is None:
             return self._ayiya_drop(AyiyaDrop.UNKNOWN_IDENTITY)
-        # Only a datagram newer than all before may move a known endpoint: no replay is.
-        moving = bool(t.remote) and t._remote_key != addr
+        # Only a datagram newer than all before may move the endpoint, or set it again after
+        # silence: no replay is. (The very first one has nothing before it.)
+        moving = t._remote_key != addr
         checked = t.ayiya.verify(decoded, now + self.wall_offset, moving=moving)
         if isinstance(checked, AyiyaDrop):
             return self._ayiya_drop(checked)
@@ -404,6 +405,18 @@ class ForwardingCore:
         return [(Out.IP4IN6, pkt, t._remote_key)]
 
     # ------------------------------------------------------------------ expiry
+
+    def silence(self, now: float, down_after: float) -> list[int]:
+        """AYIYA tunnels without a valid datagram for ``down_after`` seconds are down
+        (sixxs.md §3.8): their endpoint is forgotten, so nothing more goes to an address the
+        client may have left, until its next datagram (newer than all before) brings the tunnel
+        back up there. Returns their ids; the tunnels stay installed."""
+        down = []
+        for t in self._by_identity.values():
+            if t.remote and now - t.last_seen >= down_after:
+                t.remote, t.port, t._remote_key = "", None, ("", 0)
+                down.append(t.tunnel_id)
+        return down
 
     def expire(self, now: float) -> list[Expired]:
         """Take down tunnels silent past their keepalive or past their lifetime."""

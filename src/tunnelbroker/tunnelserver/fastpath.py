@@ -132,10 +132,10 @@ class FastPath:
 
     def set_endpoint(self, tunnel_id: int, remote: str, port: int) -> bool:
         """An AYIYA tunnel's client is at ``remote``:``port`` now (the core learnt it from a
-        punted datagram); False if the engine has no such AYIYA tunnel."""
-        found: bool = self.engine.set_endpoint(
-            tunnel_id, ipaddress.IPv4Address(remote).packed, port
-        )
+        punted datagram), or nowhere known (``remote`` empty: the tunnel fell silent); False if
+        the engine has no such AYIYA tunnel."""
+        packed = ipaddress.IPv4Address(remote).packed if remote else b""
+        found: bool = self.engine.set_endpoint(tunnel_id, packed, port)
         return found
 
     def remove(self, tunnel_id: int, core: ForwardingCore | None = None) -> None:

@@ -226,6 +226,18 @@ class UserspaceDataPlane:
                 self.fast.remove(tunnel_id, self.core)
             self.core.remove(tunnel_id)
 
+    def silence(self, down_after: float) -> list[int]:
+        """Mark AYIYA tunnels silent for ``down_after`` seconds down (ForwardingCore.silence),
+        in the fast path too; their ids."""
+        with self._lock:
+            if self.fast is not None:
+                self.fast.fold(self.core)  # the last-seen times of what C forwarded
+            down = self.core.silence(time.monotonic(), down_after)
+            if self.fast is not None:
+                for tunnel_id in down:
+                    self.fast.set_endpoint(tunnel_id, "", 0)
+        return down
+
     def fold_counters(self) -> None:
         """Bring the core's counters, last-seen times and drops up to date with the fast path
         (call before reading them under :attr:`_lock`)."""

@@ -15,7 +15,6 @@ from tunnelbroker.protocols.ayiya import (
     AyiyaDrop,
     AyiyaLink,
     AyiyaPacket,
-    DynamicEndpoint,
     OpCode,
     ReplayCache,
     ReplayWindow,
@@ -272,26 +271,6 @@ def test_replay_window_never_accepts_twice(events: list[tuple[int, int]]) -> Non
 def test_fuzz_link_receive_never_raises(data: bytes, role: Role) -> None:
     link = AyiyaLink("tunnelpw", role=role, local=POP, remote=CLIENT)
     assert isinstance(link.receive(data, T), AyiyaPacket | AyiyaDrop)
-
-
-def test_dynamic_endpoint_learning_and_silence() -> None:
-    ep = DynamicEndpoint(silence=120)
-    assert ep.get_timer() is None and not ep.handle_timer(T)
-    first = ep.beat(("192.0.2.1", 40000), ("198.51.100.1", 5072), T)
-    assert first.moved and first.came_up and ep.up
-    same = ep.beat(("192.0.2.1", 40000), ("198.51.100.1", 5072), T + 60)
-    assert not same.moved and not same.came_up
-    # NAT rebinding: a new port moves the endpoint.
-    moved = ep.beat(("192.0.2.1", 40001), ("198.51.100.1", 5072), T + 61)
-    assert moved.moved and ep.remote == ("192.0.2.1", 40001)
-    assert ep.get_timer() == T + 181
-    assert not ep.handle_timer(T + 180)
-    assert ep.handle_timer(T + 181) and not ep.up and ep.get_timer() is None
-    assert not ep.handle_timer(T + 500)
-    back = ep.beat(("192.0.2.1", 40001), None, T + 600)
-    assert back.came_up and not back.moved
-    with pytest.raises(ValueError):
-        DynamicEndpoint(silence=0)
 
 
 BANNED = {"socket", "asyncio", "time", "os", "random", "secrets", "selectors", "threading"}

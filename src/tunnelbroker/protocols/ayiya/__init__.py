@@ -3,8 +3,9 @@
 Sans-IO: :func:`decode` turns a datagram into an :class:`AyiyaPacket` or an
 :class:`AyiyaDrop` (never an exception), :func:`verify` checks identity, clock, SHA-1
 signature and replays, :func:`build_forward`/:func:`build_noop` make signed datagrams, and
-:class:`AyiyaLink` bundles all of it for one tunnel. :class:`DynamicEndpoint` tracks where a
-tunnel's client is and whether it is alive. See docs/sixxs.md.
+:class:`AyiyaLink` bundles all of it for one tunnel. Where a tunnel's client is, and whether
+it is up, is the tunnel server's (``ForwardingCore.from_ayiya`` and ``silence``). See
+docs/sixxs.md.
 """
 
 from tunnelbroker.protocols.ayiya.codec import (
@@ -19,7 +20,6 @@ from tunnelbroker.protocols.ayiya.codec import (
     signature_valid,
     signing_key,
 )
-from tunnelbroker.protocols.ayiya.endpoint import DEFAULT_SILENCE, DynamicEndpoint, EndpointUpdate
 from tunnelbroker.protocols.ayiya.errors import AyiyaDrop
 from tunnelbroker.protocols.ayiya.messages import (
     HEADER_SIZE,
@@ -38,7 +38,6 @@ from tunnelbroker.protocols.ayiya.verify import AyiyaLink, Role, verify
 
 __all__ = [
     "CLOCK_WINDOW",
-    "DEFAULT_SILENCE",
     "HEADER_SIZE",
     "NEXT_HEADER_IPV4",
     "NEXT_HEADER_IPV6",
@@ -48,8 +47,6 @@ __all__ = [
     "AyiyaDrop",
     "AyiyaLink",
     "AyiyaPacket",
-    "DynamicEndpoint",
-    "EndpointUpdate",
     "HashMethod",
     "Header",
     "IdentityType",

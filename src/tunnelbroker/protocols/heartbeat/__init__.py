@@ -2,7 +2,7 @@
 
 A PoP :func:`parse`\\ s a datagram, finds the tunnel by :attr:`Heartbeat.address`, then
 :func:`verify`\\ s it with the tunnel's secret and replay window and, on success, learns the
-endpoint (:class:`~tunnelbroker.protocols.ayiya.DynamicEndpoint`). A client :func:`build`\\ s.
+endpoint (``listeners/heartbeat.py``). A client :func:`build`\\ s.
 """
 
 from tunnelbroker.protocols.heartbeat.codec import (
