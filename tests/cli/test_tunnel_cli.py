@@ -14,7 +14,12 @@ from click.testing import CliRunner, Result
 
 from tunnelbroker.broker.users import UserService
 from tunnelbroker.cli.tunnel import tunnel
+from tunnelbroker.client.tic import fetch
+from tunnelbroker.config import load_config
+from tunnelbroker.daemon import running
 from tunnelbroker.store import Store
+
+PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
@@ -28,7 +33,7 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("TUNNELBROKER_CONFIG", raising=False)
     s = Store(f"sqlite:///{tmp_path / 'data' / 'tunnelbroker.db'}")
     s.migrate()
-    UserService(s, "r").add("alice", "correct horse battery")
+    UserService(s, "r").add("alice", PASSWORD)
     s.close()
     return path
 
@@ -59,6 +64,47 @@ def test_add_show_set_list_delete(config: Path) -> None:
     assert run(config, "del", f"T{t['id']}").exit_code == 0
     r = run(config, "list")
     assert "6in4-static" not in r.output and "ayiya" in r.output
+
+
+@pytest.mark.parametrize(
+    ("kind", "tic_type"), [("heartbeat", "6in4-heartbeat"), ("ayiya", "ayiya")]
+)
+async def test_dynamic_tunnels_have_their_own_secret(
+    config: Path, kind: str, tic_type: str
+) -> None:
+    """A heartbeat or AYIYA tunnel gets a secret of its own (heartbeat MD5, AYIYA SHA-1), not
+    the account password; ``show`` prints it and TIC hands the same one to the client."""
+    r = run(config, "add", "alice", "--type", kind, "--json")
+    assert r.exit_code == 0, r.output
+    t = json.loads(r.output)
+    secret = t["secret"]
+    assert t["kind"] == kind and t["user"] == "alice" and t["client_ipv4"] is None
+    assert secret and secret != PASSWORD and PASSWORD not in secret
+    r = run(config, "add", "alice", "--type", kind, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["secret"] not in (secret, "", None)  # one per tunnel
+    r = run(config, "show", f"T{t['id']}")
+    assert r.exit_code == 0, r.output
+    assert re.search(rf"^type +{re.escape(tic_type)}$", r.output, re.M)
+    assert re.search(rf"^secret +{re.escape(secret)}$", r.output, re.M)
+    assert re.search(r"^client IPv4 +learnt from its packets$", r.output, re.M)
+    assert PASSWORD not in r.output
+    # The broker, started on the same store, tells the client that secret over TIC.
+    cfg = load_config(
+        config,
+        {
+            "tsp": {"enabled": False},
+            "tunnelserver": {"backend": "none"},
+            "web": {"enabled": False},
+            "sixxs": {"listen": ["127.0.0.1"], "tic_port": 0, "heartbeat_port": 0},
+        },
+    )
+    async with running(cfg) as d:
+        result = await fetch(
+            "127.0.0.1", "alice", PASSWORD, port=d.tic_port, tunnel_id=f"T{t['id']}", timeout=10
+        )
+    assert result.tunnel is not None
+    assert (result.tunnel.type, result.tunnel.password) == (tic_type, secret)
 
 
 @pytest.mark.parametrize(

@@ -44,17 +44,56 @@ WRITE_GAP = 0.05
 TLS_HANDSHAKE_TIMEOUT = 30.0
 
 
+class TlsSetupError(OSError):
+    """The STARTTLS certificate or key cannot be used. Raised when the daemon starts (an
+    :class:`OSError`, so ``tunnelbroker serve`` reports it as ``cannot start: ...``), not at the
+    first ``starttls``."""
+
+
+def _encrypted_key() -> bytes:
+    # Without a password callback OpenSSL would prompt on the terminal and the daemon would hang.
+    raise TlsSetupError("the private key is encrypted: give tls_key an unencrypted PEM key")
+
+
 def tls_context(certificate: str, key: str) -> ssl.SSLContext:
     """A server context for STARTTLS: TLS 1.2 or 1.3, no session tickets.
 
     AICCU's GnuTLS build breaks on a TLS 1.3 NewSessionTicket right after the handshake
     (sixxs.md §2.8): ``num_tickets = 0`` avoids it; ``OP_NO_TICKET`` does the same for 1.2.
+
+    Raises:
+        TlsSetupError: a file is missing or unreadable, is not PEM, is an encrypted key, or
+            the key does not belong to the certificate. The message names the file and the
+            ``[sixxs]`` option.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.num_tickets = 0
     ctx.options |= ssl.OP_NO_TICKET
-    ctx.load_cert_chain(certificate, key)
+    where = f"TIC STARTTLS: [sixxs] tls_certificate {certificate!r}, tls_key {key!r}"
+    # OpenSSL's own errors name neither the file nor the option ("PEM lib", or a bare
+    # "No such file or directory"): look at the files first.
+    for option, path, marker, what in (
+        ("tls_certificate", certificate, b"-----BEGIN CERTIFICATE-----", "PEM certificate"),
+        ("tls_key", key, b"PRIVATE KEY-----", "PEM private key"),
+    ):
+        try:
+            with open(path, "rb") as f:
+                text = f.read(1 << 20)
+        except OSError as e:
+            raise TlsSetupError(
+                f"TIC STARTTLS: cannot read [sixxs] {option} {path!r}: {e.strerror}"
+            ) from e
+        if marker not in text:
+            raise TlsSetupError(f"TIC STARTTLS: [sixxs] {option} {path!r} holds no {what}")
+    try:
+        ctx.load_cert_chain(certificate, key, password=_encrypted_key)
+    except TlsSetupError as e:
+        raise TlsSetupError(f"{where}: {e}") from e
+    except ssl.SSLError as e:
+        if e.reason == "KEY_VALUES_MISMATCH":
+            raise TlsSetupError(f"{where}: the key does not belong to the certificate") from e
+        raise TlsSetupError(f"{where}: unusable ({e.reason or e})") from e
     return ctx
 
 

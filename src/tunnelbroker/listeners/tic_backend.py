@@ -3,11 +3,17 @@
 Tunnels, routes and PoPs come from the broker's memory. The account lookups
 (:meth:`password_md5`, :meth:`user_enabled`) read one row of the store: TIC logins are rare,
 and a row read costs well under a millisecond on the event loop with SQLite.
+
+TIC's challenge needs ``md5hex(password)``, which the store keeps only for accounts whose
+password was set or used since TIC support came in. An older account cannot log in over TIC
+until then; the client only sees ``400 Authentication failed`` (TIC does not say which
+accounts exist), so the operator's log says why and what fixes it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Sequence
 
 from tunnelbroker.broker.model import MANAGED_KINDS
@@ -16,6 +22,8 @@ from tunnelbroker.broker.users import UserService
 from tunnelbroker.config import Config
 from tunnelbroker.protocols.tic import TicPop, TicRoute, TicTunnel
 from tunnelbroker.store.records import TunnelRecord
+
+log = logging.getLogger(__name__)
 
 
 class BrokerTicBackend:
@@ -28,7 +36,19 @@ class BrokerTicBackend:
 
     def password_md5(self, username: str) -> str | None:
         found = self.users.tic_credentials(username)
-        return None if found is None else found[1]
+        if found is not None:
+            return found[1]
+        user = self.users.get(username)
+        if user is not None and not user.disabled and user.tic_md5 is None:
+            log.warning(
+                "tic: %r cannot log in over TIC: the account predates TIC support and no MD5 "
+                "of its password is stored yet; one login with the password on the web portal "
+                "or over TSP (SASL PLAIN) stores it, or reset the password "
+                "(tunnelbroker user passwd %s)",
+                username,
+                username,
+            )
+        return None
 
     def user_enabled(self, username: str) -> bool:
         user = self.users.get(username)

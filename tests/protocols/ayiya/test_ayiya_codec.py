@@ -120,7 +120,7 @@ def with_header(datagram: bytes, **fields: int) -> bytes:
         ({"id_type": 2}, AyiyaDrop.BAD_ID_TYPE),
         ({"id_type": 9}, AyiyaDrop.BAD_ID_TYPE),
         ({"hash_method": 0}, AyiyaDrop.BAD_HASH_METHOD),
-        ({"hash_method": 1, "sig_len": 4}, AyiyaDrop.BAD_HASH_METHOD),
+        ({"hash_method": 1, "sig_len": 4}, AyiyaDrop.BAD_SIGNATURE_LENGTH),
         ({"hash_method": 3}, AyiyaDrop.BAD_HASH_METHOD),
         ({"hash_method": 12}, AyiyaDrop.BAD_HASH_METHOD),
         ({"sig_len": 4}, AyiyaDrop.BAD_SIGNATURE_LENGTH),
@@ -136,6 +136,73 @@ def with_header(datagram: bytes, **fields: int) -> bytes:
 )
 def test_bad_header_fields_have_their_reason(fields: dict[str, int], drop: AyiyaDrop) -> None:
     assert decode(with_header(NOOP_VECTOR, **fields)) is drop
+
+
+# sixxs.md §3.6: AICCU and sixxsd check IdLen 4, IdType 1, SigLen 5, HshMeth 2, AutMeth 1,
+# then Next Header and OpCode, in this order. Written out here, apart from the codec.
+PROFILE_ORDER: list[tuple[str, frozenset[int], AyiyaDrop]] = [
+    ("id_len", frozenset({4}), AyiyaDrop.BAD_ID_LENGTH),
+    ("id_type", frozenset({1}), AyiyaDrop.BAD_ID_TYPE),
+    ("sig_len", frozenset({5}), AyiyaDrop.BAD_SIGNATURE_LENGTH),
+    ("hash_method", frozenset({2}), AyiyaDrop.BAD_HASH_METHOD),
+    ("auth_method", frozenset({1}), AyiyaDrop.BAD_AUTH_METHOD),
+    ("next_header", frozenset({4, 41, 59}), AyiyaDrop.BAD_NEXT_HEADER),
+    ("opcode", frozenset(range(8)), AyiyaDrop.BAD_OPCODE),
+]
+
+
+@pytest.mark.parametrize(
+    ("fields", "drop"),
+    [
+        # Every field wrong: the first in the reference's order names the drop.
+        (
+            {"id_len": 3, "id_type": 2, "sig_len": 4, "hash_method": 1, "auth_method": 0},
+            AyiyaDrop.BAD_ID_LENGTH,
+        ),
+        ({"id_type": 2, "sig_len": 4, "hash_method": 1, "auth_method": 0}, AyiyaDrop.BAD_ID_TYPE),
+        # SigLen before HshMeth: an MD5 header with MD5's signature length (4 words) is a
+        # length drop, as in sixxsd; only with SHA-1's length is it a hash method drop.
+        ({"sig_len": 4, "hash_method": 1}, AyiyaDrop.BAD_SIGNATURE_LENGTH),
+        ({"sig_len": 4, "hash_method": 0, "auth_method": 0}, AyiyaDrop.BAD_SIGNATURE_LENGTH),
+        ({"hash_method": 1}, AyiyaDrop.BAD_HASH_METHOD),
+        ({"hash_method": 1, "auth_method": 2}, AyiyaDrop.BAD_HASH_METHOD),
+        ({"auth_method": 2, "next_header": 17, "opcode": 9}, AyiyaDrop.BAD_AUTH_METHOD),
+        ({"next_header": 17, "opcode": 9}, AyiyaDrop.BAD_NEXT_HEADER),
+    ],
+)
+def test_several_bad_fields_drop_for_the_first_in_sixxsd_order(
+    fields: dict[str, int], drop: AyiyaDrop
+) -> None:
+    assert decode(with_header(NOOP_VECTOR, **fields)) is drop
+
+
+def nibble(good: int) -> st.SearchStrategy[int]:
+    """Half the time the profile's value, so that every field's check is reached."""
+    return st.one_of(st.just(good), st.integers(0, 15))
+
+
+@given(
+    id_len=nibble(4),
+    id_type=nibble(1),
+    sig_len=nibble(5),
+    hash_method=nibble(2),
+    auth_method=nibble(1),
+    opcode=nibble(1),
+    next_header=st.sampled_from([0, 4, 17, 41, 59, 255]),
+    tail=st.sampled_from([b"", NOOP_VECTOR[8:]]),
+)
+def test_header_drop_is_the_first_bad_field_in_sixxsd_order(tail: bytes, **fields: int) -> None:
+    """Any header: the drop is the first field outside the profile, in sixxs.md §3.6 order."""
+    expected = next((drop for name, good, drop in PROFILE_ORDER if fields[name] not in good), None)
+    header = Header(epoch=1700000000, **fields)
+    result = decode(header.to_wire() + tail)
+    if expected is not None:
+        assert result is expected
+    elif tail and fields["next_header"] == 59:
+        assert isinstance(result, AyiyaPacket)
+    else:
+        # A good header with nothing behind it, or Next Header 4/41 with no packet.
+        assert result is AyiyaDrop.TRUNCATED
 
 
 @pytest.mark.parametrize("opcode", list(OpCode))

@@ -28,12 +28,15 @@ from tunnelbroker.protocols.tic import (
 )
 from tunnelbroker.protocols.tic.codec import (
     POP_KEYS,
+    ROUTE_KEYS,
     SHOW_KEYS,
     block,
     encode_lines,
     pace,
     parse_reply,
+    parse_route,
     route_line,
+    route_lines,
 )
 from tunnelbroker.protocols.tic.messages import TicRoute
 
@@ -71,7 +74,7 @@ def test_show_lines_match_the_transcript() -> None:
 
 def test_no_key_is_a_prefix_of_another() -> None:
     """AICCU matches keys by prefix: one key starting with another would overwrite it."""
-    for keys in (SHOW_KEYS, POP_KEYS):
+    for keys in (SHOW_KEYS, POP_KEYS, ROUTE_KEYS):
         for a, b in itertools.permutations(keys, 2):
             assert not b.startswith(a), (a, b)
 
@@ -141,6 +144,37 @@ def test_route_and_pop() -> None:
     assert parse_pop(pop_lines(pop)) == pop
     with pytest.raises(RemoteProtocolError):
         parse_pop(["City: x"])
+
+
+def test_route_show_lines() -> None:
+    """``route show``: route list's three fields as ``tunnel show``-style keys."""
+    route = TicRoute("R1", "T1", "2001:db8:100::/48")
+    assert route_lines(route) == [
+        "RouteId: R1",
+        "TunnelId: T1",
+        "Route Prefix: 2001:db8:100::/48",
+    ]
+    assert parse_route(route_lines(route)) == route
+    assert parse_route([*route_lines(route), "Extra: 1"]) == route
+    for bad in (TicRoute("R 1", "T1", "p"), TicRoute("R1", "", "p"), TicRoute("R1", "T1", "a\nb")):
+        with pytest.raises(LocalProtocolError):
+            route_lines(bad)
+    for lines in (route_lines(route)[:2], ["RouteId: R1", "TunnelId: T1", "Route Prefix: a b"]):
+        with pytest.raises(RemoteProtocolError):
+            parse_route(lines)
+
+
+@given(route_id=st.text(min_size=1, max_size=30), tunnel_id=st.text(min_size=1, max_size=30),
+       prefix=st.text(min_size=1, max_size=50))  # fmt: skip
+def test_route_show_round_trip_or_local_error(route_id: str, tunnel_id: str, prefix: str) -> None:
+    """Anything the wire can carry round-trips; anything else is refused before sending."""
+    route = TicRoute(route_id, tunnel_id, prefix)
+    try:
+        lines = route_lines(route)
+    except LocalProtocolError:
+        assert any(not v or any(c.isspace() for c in v) for v in (route_id, tunnel_id, prefix))
+        return
+    assert parse_route(lines) == route
 
 
 def test_line_reader() -> None:
@@ -219,7 +253,7 @@ def test_show_round_trip(
 
 @given(st.lists(st.text(max_size=60), max_size=20))
 def test_parsers_fail_only_with_remote_protocol_error(lines: list[str]) -> None:
-    for parse in (parse_show, parse_pop):
+    for parse in (parse_show, parse_pop, parse_route):
         try:
             parse(lines)
         except RemoteProtocolError:

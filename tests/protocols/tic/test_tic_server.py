@@ -318,6 +318,55 @@ def test_routes_and_pops() -> None:
     assert show[1:4] == ["POPId: mock01", "City: Amsterdam", "Country: NL"]
 
 
+def test_route_show() -> None:
+    """``route show <RouteId>`` (sixxs.md §2.3): a 201/202 block of the account's route."""
+    b = backend()
+    b.users["TEST-SIXXS"].routes.append(TicRoute("R1", "T1", "2001:db8:100::/48"))
+    other = b.add_user("OTHER-SIXXS", "otherpass")
+    other.routes.append(TicRoute("R2", "T2", "2001:db8:200::/48"))
+    srv = server(b)
+    srv.data_to_send()
+    assert talk(srv, "route show R1") == ["400 Command not allowed at this stage: route show"]
+    login(srv)
+    assert talk(srv, "route show R1") == [
+        "201 Showing route information for R1",
+        "RouteId: R1",
+        "TunnelId: T1",
+        "Route Prefix: 2001:db8:100::/48",
+        "202 Done",
+    ]
+    # Another account's route is as unknown as one that does not exist.
+    assert talk(srv, "route show R2") == ["400 Unknown route"]
+    assert talk(srv, "route show R9") == ["400 Unknown route"]
+    assert talk(srv, "ROUTE SHOW r1") == ["400 Unknown route"]  # ids are case-sensitive
+    assert talk(srv, "route show") == ["400 route show needs a RouteId"]
+    assert talk(srv, "route show R1 R2") == ["400 route show needs a RouteId"]
+    assert [e for e in events(srv) if isinstance(e, ErrorSent)][-1].command == "route show"
+    assert not srv.closed
+
+
+class BrokenRoutes(MemoryBackend):
+    def routes(self, username: str) -> Sequence[TicRoute]:
+        raise RuntimeError("routes table gone")
+
+
+def test_route_show_backend_failure_is_a_400(caplog: pytest.LogCaptureFixture) -> None:
+    b = BrokenRoutes()
+    b.add_user("TEST-SIXXS", "secretpass")
+    srv = server(b)
+    login(srv)
+    assert talk(srv, "route show R1") == ["400 Internal error"]
+    assert "routes table gone" in caplog.text and not srv.closed
+
+
+def test_route_show_value_the_wire_cannot_carry() -> None:
+    b = backend()
+    b.users["TEST-SIXXS"].routes.append(TicRoute("R1", "T1", "2001:db8:100::/48 extra"))
+    srv = server(b)
+    login(srv)
+    assert talk(srv, "route show R1") == ["400 Internal error"]
+
+
 class BrokenBackend(MemoryBackend):
     def tunnels(self, username: str) -> Sequence[TicTunnel]:
         raise RuntimeError("database gone")
@@ -351,7 +400,8 @@ def test_pipelining_without_reading_is_cut_off() -> None:
 COMMANDS = [
     "client x", "get unixtime", "starttls", "username TEST-SIXXS", "username x",
     "challenge md5", f"authenticate md5 {RESPONSE}", "authenticate md5 00", "tunnel list",
-    "tunnel show T1", "tunnel show", "route list", "pop list", "pop show x", "QUIT", "junk",
+    "tunnel show T1", "tunnel show", "route list", "route show R1", "route show", "pop list",
+    "pop show x", "QUIT", "junk",
     "", "x" * 1100,
 ]  # fmt: skip
 

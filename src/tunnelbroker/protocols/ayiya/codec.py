@@ -106,15 +106,20 @@ def _defined(enum: type[IdentityType | HashMethod | AuthMethod | OpCode], value:
 
 
 def check_header(header: Header) -> AyiyaDrop | None:
-    """Why ``header`` is outside the profile we speak, or None. Checked in AICCU's order."""
+    """Why ``header`` is outside the profile we speak, or None.
+
+    The fields are checked in AICCU's and sixxsd's order (sixxs.md §3.6: IdLen, IdType,
+    SigLen, HshMeth, AutMeth, then Next Header and OpCode), so a datagram wrong in several
+    fields is dropped for the same reason sixxsd would give.
+    """
     if header.id_len != 4:
         return AyiyaDrop.BAD_ID_LENGTH
     if header.id_type != IdentityType.INTEGER:
         return AyiyaDrop.BAD_ID_TYPE
-    if header.hash_method != HashMethod.SHA1:
-        return AyiyaDrop.BAD_HASH_METHOD
     if header.sig_len != SIGNATURE_SIZE // 4:
         return AyiyaDrop.BAD_SIGNATURE_LENGTH
+    if header.hash_method != HashMethod.SHA1:
+        return AyiyaDrop.BAD_HASH_METHOD
     if header.auth_method != AuthMethod.SHARED_SECRET:
         return AyiyaDrop.BAD_AUTH_METHOD
     if header.next_header not in _NEXT_HEADERS:

@@ -47,6 +47,10 @@ SHOW_KEYS = (
     "Password",
     "Heartbeat_Interval",
 )
+#: ``route show`` keys. Neither sixxs.md nor AICCU (whose ``tic_GetRoute`` is a stub) records
+#: SixXS's; these carry ``route list``'s three fields in ``tunnel show``'s style, and no key
+#: begins with another (AICCU-style prefix matching).
+ROUTE_KEYS = ("RouteId", "TunnelId", "Route Prefix")
 #: ``pop show`` keys (AICCU's ``tic_Get_POP``).
 POP_KEYS = (
     "POPId",
@@ -207,6 +211,30 @@ def parse_route_line(line: str) -> TicRoute:
     if len(fields) != 3 or not all(fields):
         raise RemoteProtocolError(f"Wrong field format when listing routes: {line[:80]!r}")
     return TicRoute(*fields)
+
+
+def route_lines(route: TicRoute) -> list[str]:
+    """The ``Key: Value`` lines of ``route show`` (:data:`ROUTE_KEYS`)."""
+    values = (
+        _word(route.route_id, "RouteId"),
+        _word(route.tunnel_id, "TunnelId"),
+        _word(route.prefix, "Route Prefix"),
+    )
+    return [f"{k}: {v}" for k, v in zip(ROUTE_KEYS, values, strict=True)]
+
+
+def parse_route(lines: Sequence[str]) -> TicRoute:
+    """A ``route show`` block's data lines as a :class:`TicRoute`.
+
+    Raises:
+        RemoteProtocolError: a missing field, or one that is not one word.
+    """
+    v = _key_values(lines)
+    values = [v.get(k, "") for k in ROUTE_KEYS]
+    for key, value in zip(ROUTE_KEYS, values, strict=True):
+        if not value or any(c.isspace() for c in value):
+            raise RemoteProtocolError(f"route show: {key} is not one word: {value[:40]!r}")
+    return TicRoute(*values)
 
 
 def show_lines(tunnel: TicTunnel) -> list[str]:

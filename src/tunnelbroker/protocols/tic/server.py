@@ -10,7 +10,7 @@ answers one command line with one reply: ``200 text``, a ``201``/``202`` block, 
     TLS_PENDING    (nothing: the I/O layer wraps the socket, then calls tls_started())
     CHALLENGE      challenge md5                         (after username)
     AUTHENTICATE   challenge md5, authenticate md5       (after challenge)
-    LOGGED_IN      tunnel list, tunnel show, route list, pop list, pop show
+    LOGGED_IN      tunnel list, tunnel show, route list, route show, pop list, pop show
     any stage      get unixtime, QUIT
 
 Anything else, or a command in the wrong stage, is answered ``400`` and the session goes on
@@ -141,6 +141,7 @@ class TicServer:
             ("tunnel list", self._on_tunnel_list),
             ("tunnel show", self._on_tunnel_show),
             ("route list", self._on_route_list),
+            ("route show", self._on_route_show),
             ("pop list", self._on_pop_list),
             ("pop show", self._on_pop_show),
         ):
@@ -349,6 +350,21 @@ class TicServer:
         if routes is not None:
             lines = [codec.route_line(r) for r in routes]
             self._send_block("Listing routes", lines, "<route_list>")
+
+    def _on_route_show(self, args: list[str], rest: str) -> None:
+        if len(args) != 1:
+            self._error("route show", "route show needs a RouteId")
+            return
+        # Only the account's own routes: another user's RouteId is as unknown as a made-up one.
+        routes = self._backend_call("route show", self.backend.routes)
+        if routes is None:
+            return
+        for route in routes:
+            if route.route_id == args[0]:
+                lines = codec.route_lines(route)
+                self._send_block(f"Showing route information for {args[0]}", lines, "Done")
+                return
+        self._error("route show", "Unknown route")
 
     def _on_pop_list(self, args: list[str], rest: str) -> None:
         pops = self._backend_call("pop list", lambda _user: self.backend.pops())
