@@ -69,6 +69,7 @@ def test_defaults_need_no_file() -> None:
         ("[brokr]\nrealm = 'x'\n", "brokr"),
         ("[broker]\ndns_servers = []\n", "broker.dns_servers"),
         ("not toml [", "line"),
+        ("[sixxs]\ntls_key = '/etc/key.pem'\n", "tls_certificate"),
     ],
 )
 def test_bad_files_name_the_key(tmp_path: Path, text: str, where: str) -> None:

@@ -209,7 +209,8 @@ class SixxsSection(_Section):
     #: TIC on TCP; AICCU has 3874 built in. 0 picks a free port (tests).
     tic_enabled: bool = True
     tic_port: int = Field(3874, ge=0, le=65535)
-    #: PEM certificate and key for TIC's STARTTLS; empty: STARTTLS is refused (400).
+    #: PEM certificate and key for TIC's STARTTLS; empty: STARTTLS is refused (400). The key
+    #: may be in the certificate's file (tls_key empty).
     tls_certificate: str = ""
     tls_key: str = ""
     #: Heartbeats for 6in4-heartbeat tunnels on UDP; AICCU has 3740 built in.
@@ -221,11 +222,18 @@ class SixxsSection(_Section):
     ayiya_port: int = Field(5072, ge=0, le=65535)
     #: The beat interval TIC tells clients (``Heartbeat_Interval``), seconds.
     heartbeat_interval: int = Field(60, ge=10, le=3600)
-    #: A heartbeat tunnel without a valid beat this long is down (not forwarded) until the
-    #: next beat, seconds (sixxsd: 120).
+    #: A heartbeat or AYIYA tunnel without a valid beat or datagram this long is down until
+    #: the next one, seconds (sixxsd: 120).
     down_after: int = Field(120, ge=20)
     #: How far a client's clock may be from ours, seconds (AICCU and sixxsd: 120).
     clock_window: int = Field(120, ge=10, le=3600)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> SixxsSection:
+        if self.tls_key and not self.tls_certificate:
+            # Else STARTTLS would be silently off while the operator thinks it configured.
+            raise ValueError("sixxs.tls_key is set but sixxs.tls_certificate is not")
+        return self
 
 
 class WebSection(_Section):
