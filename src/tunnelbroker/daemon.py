@@ -353,6 +353,7 @@ class Daemon:
             with dp._lock:
                 f.drops = {d.name.lower(): n for d, n in dp.core.drops.items()}
                 f.drops.update({f"ayiya_{d.value}": n for d, n in dp.core.ayiya_drops.items()})
+                f.icmp_rate_limited = dp.core.icmp_rate_limited
                 states = list(dp.core.tunnels())
                 f.packets = {
                     "in": sum(t.packets_in for t in states),

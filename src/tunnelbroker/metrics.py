@@ -26,6 +26,8 @@ class Figures:
     tsp_tunnels_accepted: int = 0
     #: reason -> packets dropped by the data plane.
     drops: Mapping[str, int] = field(default_factory=dict)
+    #: ICMP errors the data plane owed but did not send: over its rate limit.
+    icmp_rate_limited: int = 0
     #: direction ("in", "out") -> packets and bytes forwarded.
     packets: Mapping[str, int] = field(default_factory=dict)
     bytes: Mapping[str, int] = field(default_factory=dict)
@@ -56,6 +58,11 @@ class BrokerCollector(Collector):
             ("tsp_sessions_started", f.tsp_sessions_started, "TSP sessions started."),
             ("tsp_sessions_refused", f.tsp_sessions_refused, "TSP sessions refused (530)."),
             ("tsp_tunnels_accepted", f.tsp_tunnels_accepted, "TSP tunnels accepted."),
+            (
+                "dataplane_icmp_rate_limited",
+                f.icmp_rate_limited,
+                "ICMP errors not sent: over the data plane's rate limit (RFC 4443 2.4(f)).",
+            ),
         ):
             yield CounterMetricFamily(f"tunnelbroker_{name}", text, value=value)
         drops = CounterMetricFamily(

@@ -281,7 +281,10 @@ def test_ayiya_learns_the_endpoint_forwards_and_signs() -> None:
     state, client = _ayiya_pair()
     c.add(state, 0.0)
     out6 = udp6(INTERNET, "2001:db8:8000:7::2")
-    assert c.from_tun(out6, 0.5) == [] and c.drops[Drop.NO_ENDPOINT] == 1  # not seen yet
+    # Not heard from yet: sixxsd's Destination Unreachable, address unreachable (3).
+    [(where, err, _)] = c.from_tun(out6, 0.5)
+    assert where is Out.TUN and c.drops[Drop.NO_ENDPOINT] == 1
+    assert _unreachable(err, out6) == 3
     inner = udp6("2001:db8:8000:7::2", INTERNET)
     datagram = client.forward(inner, 1_800_000_001.0)
     assert c.from_ayiya(datagram, ("203.0.113.5", 40000), 1.0) == [(Out.TUN, inner, None)]
@@ -384,7 +387,10 @@ def test_a_silent_ayiya_tunnel_is_down_until_its_next_newer_datagram() -> None:
     assert (state.remote, state.port) == ("", None)
     assert c.silence(131.0, 120.0) == []
     out6 = udp6(INTERNET, "2001:db8:8000:7::2")
-    assert c.from_tun(out6, 131.0) == [] and c.drops[Drop.NO_ENDPOINT] == 1
+    # Down: Destination Unreachable, no route (0).
+    [(where, err, _)] = c.from_tun(out6, 131.0)
+    assert where is Out.TUN and _unreachable(err, out6) == 0
+    assert c.drops[Drop.NO_ENDPOINT] == 1
     # A datagram of that old second cannot bring it back anywhere: every move needs one newer
     # than all accepted.
     old = client.forward(udp6("2001:db8:8000:7::2", INTERNET, 65), 1_800_000_070.0)
@@ -396,3 +402,23 @@ def test_a_silent_ayiya_tunnel_is_down_until_its_next_newer_datagram() -> None:
     assert c.learned[-1] == (7, "203.0.113.5", 40009)
     [(where, _, dest)] = c.from_tun(out6, 132.0)
     assert where is Out.AYIYA and dest == ("203.0.113.5", 40009)
+
+
+def _unreachable(err: bytes, invoking: bytes) -> int:
+    """The code of ``err``, a Destination Unreachable from the server about ``invoking``."""
+    assert err[6] == 58 and err[40] == packet.ICMPv6Type.DEST_UNREACHABLE
+    assert err[8:24] == IPv6Address("2001:db8:8000:7::1").packed and err[24:40] == invoking[8:24]
+    assert err[48:] == invoking
+    return err[41]
+
+
+def test_icmp_errors_are_rate_limited() -> None:
+    """RFC 4443 §2.4(f): a burst, then the rate; what is over it is counted, not sent."""
+    c = ForwardingCore(icmp_rate=10.0, icmp_burst=3.0)
+    c.add(tunnel(1), 0.0)
+    big = udp6(INTERNET, "2001:db8:8000:1::2", 1300)
+    sent = [len(c.from_tun(big, 1.0)) for _ in range(5)]
+    assert sent == [1, 1, 1, 0, 0] and c.icmp_rate_limited == 2
+    assert c.drops[Drop.TOO_BIG] == 5
+    assert len(c.from_tun(big, 1.1)) == 1  # one more token after 0.1 s
+    assert len(c.from_tun(big, 1.1)) == 0 and c.icmp_rate_limited == 3

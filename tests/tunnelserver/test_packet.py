@@ -676,6 +676,42 @@ def test_packet_too_big_rejects_bad_arguments(mtu: int, src: bytes) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Destination Unreachable (RFC 4443 §3.1, §2.4): AYIYA tunnels not heard from
+
+
+@given(size=st.integers(48, 3000), code=st.sampled_from([0, 1, 3]), dst=addr6)
+@example(size=1232, code=0, dst=B)
+@example(size=1233, code=3, dst=B)
+def test_destination_unreachable(size: int, code: int, dst: bytes) -> None:
+    invoking = udp6(size, dst=dst)
+    err = P.destination_unreachable(invoking, code, SERVER)
+    assert err is not None and len(err) == min(1280, 48 + len(invoking))
+    s = IPv6(err)
+    assert s.src == str(ipaddress.IPv6Address(SERVER))
+    assert s.dst == str(ipaddress.IPv6Address(invoking[8:24]))
+    assert s.nh == 58 and s.hlim == 64 and s.plen == len(err) - 40
+    msg = s[ICMPv6DestUnreach]
+    assert (msg.type, msg.code) == (1, code) and err[44:48] == b"\0\0\0\0"
+    assert err[48:] == invoking[: len(err) - 48]
+    assert ref_icmpv6_ok(err)
+
+
+def test_no_destination_unreachable_where_rfc_4443_forbids_or_for_malformed() -> None:
+    # §2.4(e): not for errors, nor for multicast destinations (only PTB is exempt), nor for
+    # sources that are not one node.
+    assert P.destination_unreachable(_icmp6(1), 0, SERVER) is None
+    assert P.destination_unreachable(udp6(100, dst=MCAST), 0, SERVER) is None
+    assert P.destination_unreachable(udp6(100, src=UNSPEC), 0, SERVER) is None
+    assert P.destination_unreachable(_icmp6(128), 0, SERVER) is not None
+    assert P.destination_unreachable(udp6(100) + b"\0", 0, SERVER) is None
+    assert P.destination_unreachable(b"\x40" + udp6(100)[1:], 0, SERVER) is None
+    assert P.destination_unreachable(b"\x60", 0, SERVER) is None
+    for code, src in ((256, SERVER), (-1, SERVER), (0, b"\1" * 4)):
+        with pytest.raises(ValueError):
+            P.destination_unreachable(udp6(100), code, src)
+
+
+# --------------------------------------------------------------------------------------------
 # ICMPv4 Fragmentation Needed (RFC 1191) for 4in6 tunnels
 
 V4_SRC = bytes([192, 0, 2, 10])

@@ -229,6 +229,7 @@ async def test_metrics_for_allowed_networks_only(http: httpx.AsyncClient, tmp_pa
     assert (
         "tunnelbroker_pool_utilisation" in r.text and "tunnelbroker_tsp_sessions_started" in r.text
     )
+    assert "tunnelbroker_dataplane_icmp_rate_limited_total 0.0" in r.text
     async with running(_config(tmp_path / "other", metrics_from=["192.0.2.0/24"])) as d:
         assert d.web is not None
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.web.port}") as other:

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
+from tunnelbroker.broker.limits import TokenBucket
 from tunnelbroker.protocols.ayiya import AyiyaDrop, AyiyaLink, OpCode, decode
 from tunnelbroker.protocols.ayiya.messages import NEXT_HEADER_IPV6
 from tunnelbroker.tunnelserver import packet
@@ -63,7 +64,7 @@ class Drop(Enum):
     TO_SERVER = "addressed to the server's tunnel address, not an echo request"
     TOO_BIG = "larger than the tunnel MTU (Packet Too Big sent)"
     WRONG_FAMILY = "wrong address family for the tunnel"
-    NO_ENDPOINT = "the tunnel's endpoint is not known yet (no AYIYA packet from it)"
+    NO_ENDPOINT = "the AYIYA client is not heard from (Destination Unreachable sent)"
     BAD_AYIYA = "an AYIYA datagram that failed its checks (counted by reason apart)"
     #: Only with the C fast path: its queue to the Python slow path was full.
     OVERLOAD = "the slow path's queue was full (C fast path)"
@@ -134,9 +135,17 @@ class Expired:
 class ForwardingCore:
     """The forwarding state and decisions of one tunnel server. Not thread-safe."""
 
-    def __init__(self, idle_factor: float = 3.0, idle_grace: float = 10.0) -> None:
+    def __init__(
+        self,
+        idle_factor: float = 3.0,
+        idle_grace: float = 10.0,
+        icmp_rate: float = 1000.0,
+        icmp_burst: float = 50.0,
+    ) -> None:
         """``idle_factor`` keepalive intervals plus ``idle_grace`` seconds of silence end a
-        tunnel (gogoc gives up after three lost keepalives)."""
+        tunnel (gogoc gives up after three lost keepalives). ICMP errors the data plane makes
+        are limited to ``icmp_rate`` a second with bursts of ``icmp_burst`` (RFC 4443
+        §2.4(f); Linux's global default is the same)."""
         self.idle_factor = idle_factor
         self.idle_grace = idle_grace
         self._tunnels: dict[int, TunnelState] = {}
@@ -157,6 +166,9 @@ class ForwardingCore:
         #: Epoch seconds minus ``now``: AYIYA signs and checks epoch times, the rest of the
         #: core runs on the monotonic clock. The I/O layer keeps it current.
         self.wall_offset = 0.0
+        self._icmp = TokenBucket(icmp_rate, icmp_burst)
+        #: ICMP errors due but not sent: over the rate limit.
+        self.icmp_rate_limited = 0
 
     # ------------------------------------------------------------------ configuration
 
@@ -365,8 +377,7 @@ class ForwardingCore:
                 return []
             if len(pkt) > t.mtu:
                 self.drops[Drop.TOO_BIG] += 1
-                ptb = packet.packet_too_big(pkt, t.mtu, t._server_inner)
-                return [] if ptb is None else [(Out.TUN, ptb, None)]
+                return self._icmp_error(packet.packet_too_big(pkt, t.mtu, t._server_inner), now)
             return self._to_client(t, pkt, now)
         if version == 4:
             if len(pkt) < 20:
@@ -378,11 +389,8 @@ class ForwardingCore:
                 return []
             if len(pkt) > t.mtu:
                 self.drops[Drop.TOO_BIG] += 1
-                err = packet.frag_needed_v4(pkt, t.mtu, t._server_inner)
-                if err is None:
-                    # DF clear: the kernel would fragment; we do not, so the packet is dropped.
-                    return []
-                return [(Out.TUN, err, None)]
+                # None with DF clear: the kernel would fragment; we do not, so it is dropped.
+                return self._icmp_error(packet.frag_needed_v4(pkt, t.mtu, t._server_inner), now)
             return self._to_client(t, pkt, now)
         self.drops[Drop.MALFORMED] += 1
         return []
@@ -400,9 +408,22 @@ class ForwardingCore:
                 t.packets_out -= 1
                 t.bytes_out -= len(pkt)
                 self.drops[Drop.NO_ENDPOINT] += 1
-                return []
+                # sixxsd (sixxs.md §3.8): address unreachable (3) for a tunnel never heard
+                # from, no route (0) for one down after silence.
+                code = 0 if t.ayiya.replay.newest is not None else 3
+                err = packet.destination_unreachable(pkt, code, t._server_inner)
+                return self._icmp_error(err, now)
             return [(Out.AYIYA, t.ayiya.forward(pkt, now + self.wall_offset), t._remote_key)]
         return [(Out.IP4IN6, pkt, t._remote_key)]
+
+    def _icmp_error(self, err: bytes | None, now: float) -> list[Output]:
+        """``err`` (an ICMP error for the TUN, or None: none due) if the rate limit allows."""
+        if err is None:
+            return []
+        if not self._icmp.take(now):
+            self.icmp_rate_limited += 1
+            return []
+        return [(Out.TUN, err, None)]
 
     # ------------------------------------------------------------------ expiry
 

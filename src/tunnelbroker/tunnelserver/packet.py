@@ -47,6 +47,7 @@ __all__ = [
     "build_ipv6",
     "check_ipv4",
     "check_ipv6",
+    "destination_unreachable",
     "echo_reply",
     "frag_needed_v4",
     "icmpv4_is_error",
@@ -845,12 +846,45 @@ def packet_too_big(pkt: bytes, mtu: int, src: bytes) -> bytes | None:
         or icmpv6_error_forbidden(pkt, multicast_exempt=True)
     ):
         return None
+    return _icmpv6_error(pkt, ICMPv6Type.PACKET_TOO_BIG, 0, mtu, src)
+
+
+def _icmpv6_error(pkt: bytes, icmp_type: int, code: int, word: int, src: bytes) -> bytes:
+    """An ICMPv6 error from ``src`` to ``pkt``'s source, quoting as much of ``pkt`` as fits
+    in 1,280 bytes (RFC 4443 §2.4(c)); the caller has checked that one is due."""
     dst = pkt[8:24]
     quoted = pkt[: ICMPV6_ERROR_MAX - 48]
-    icmp = _ICMP_WORD.pack(ICMPv6Type.PACKET_TOO_BIG, 0, 0, mtu) + quoted
+    icmp = _ICMP_WORD.pack(icmp_type, code, 0, word) + quoted
     cksum = icmpv6_checksum(src, dst, icmp)
     icmp = icmp[:2] + cksum.to_bytes(2, "big") + icmp[4:]
     return build_ipv6(src, dst, IPProto.ICMPV6, icmp)
+
+
+# Destination Unreachable (type 1), RFC 4443 §3.1: as Packet Too Big, with the MTU word
+# unused (0). Codes: 0 no route to destination, 1 administratively prohibited, 3 address
+# unreachable (among others).
+
+
+def destination_unreachable(pkt: bytes, code: int, src: bytes) -> bytes | None:
+    """The ICMPv6 Destination Unreachable with ``code`` for ``pkt``, from ``src``; or None.
+
+    None when ``pkt`` is not a whole IPv6 packet or §2.4(e) forbids an error (multicast
+    destinations included: only Packet Too Big and Parameter Problem are exempt). Rate
+    limiting (§2.4(f)) is the caller's.
+
+    Raises:
+        ValueError: ``src`` is not 16 bytes, or ``code`` is not 0..255.
+    """
+    if len(src) != 16:
+        raise ValueError("the source address must be 16 bytes")
+    if not 0 <= code <= 255:
+        raise ValueError(f"ICMPv6 code {code} is out of range")
+    n = len(pkt)
+    if n < 40 or pkt[0] >> 4 != 6 or (pkt[4] << 8 | pkt[5]) + 40 != n:
+        return None
+    if icmpv6_error_forbidden(pkt):
+        return None
+    return _icmpv6_error(pkt, ICMPv6Type.DEST_UNREACHABLE, code, 0, src)
 
 
 # --------------------------------------------------------------------------------------------
