@@ -108,6 +108,7 @@ def test_lab_networks_can_be_allowed(tmp_path: Path) -> None:
         (ManagedRequest("ayiya", client_ipv4=PUBLIC), Refusal.INVALID_REQUEST),
         (ManagedRequest("ayiya", mtu=1500), Refusal.INVALID_MTU),
         (ManagedRequest("ayiya", mtu=1279), Refusal.INVALID_MTU),
+        (ManagedRequest("ayiya", mtu=1429), Refusal.INVALID_MTU),
         (ManagedRequest("ayiya", prefix_length=40), Refusal.PREFIX_UNAVAILABLE),
         (ManagedRequest("ayiya", name="x\ny"), Refusal.INVALID_REQUEST),
         (ManagedRequest("ayiya", pop="nowhere"), Refusal.INVALID_REQUEST),
@@ -180,6 +181,11 @@ def test_modify_switches_and_keys(h: Harness, uid: int) -> None:
     with pytest.raises(BrokerError) as e:
         h.broker.modify_tunnel(no_routes.id or 0, NOW, dns_servers=("ns1.example.net",))
     assert e.value.refusal is Refusal.BAD_DNS_SERVERS
+    # An AYIYA tunnel's packets must fit a 1500-byte path with 72 bytes around them.
+    h.broker.modify_tunnel(no_routes.id or 0, NOW, mtu=1428)
+    with pytest.raises(BrokerError, match="at most 1428") as e:
+        h.broker.modify_tunnel(no_routes.id or 0, NOW, mtu=1429)
+    assert e.value.refusal is Refusal.INVALID_MTU and no_routes.mtu == 1428
 
 
 def test_delete_gives_the_addresses_back_and_survives_restart(h: Harness, uid: int) -> None:

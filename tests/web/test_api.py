@@ -103,7 +103,7 @@ async def test_tunnel_lifecycle(http: httpx.AsyncClient, daemon: Daemon) -> None
     assert t["delegated_prefix"].endswith("/48") and t["routed_prefix"].endswith("/64")
     assert t["update_key"] and t["secret"] is None
     tid = t["id"]
-    r = await http.post("/api/v1/tunnels", json={"type": "ayiya", "mtu": 1480}, headers=auth)
+    r = await http.post("/api/v1/tunnels", json={"type": "ayiya", "mtu": 1428}, headers=auth)
     assert r.status_code == 201 and r.json()["secret"] and r.json()["heartbeat_interval"]
     r = await http.get("/api/v1/tunnels", headers=auth)
     assert [x["type"] for x in r.json()] == ["static", "ayiya"]
@@ -134,6 +134,7 @@ async def test_tunnel_lifecycle(http: httpx.AsyncClient, daemon: Daemon) -> None
         ({"type": "static"}, 400, "needs the client's IPv4"),
         ({"type": "gre"}, 422, "type"),
         ({"type": "ayiya", "mtu": 9000}, 422, "mtu"),
+        ({"type": "ayiya", "mtu": 1480}, 400, "AYIYA tunnel carries at most 1428"),
         ({"type": "ayiya", "extra": 1}, 422, "extra"),
         ({"type": "ayiya", "prefix_length": 8}, 422, "prefix_length"),
         ({"type": "ayiya", "name": "a\nb"}, 400, "tunnel name"),

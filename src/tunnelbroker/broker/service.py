@@ -66,6 +66,8 @@ _NON_GLOBAL = (
     ("multicast", [ipaddress.IPv4Network("224.0.0.0/4")]),
 )
 _TUNNEL_NAME = re.compile(r"^[\w .,:()/+-]{1,64}$")
+#: The largest MTU of an AYIYA tunnel: 1500 less IPv4 (20), UDP (8) and AYIYA (44).
+AYIYA_MAX_MTU = 1428
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +386,7 @@ class Broker:
             raise BrokerError(Refusal.UNSUPPORTED_TYPE, req.kind)
         if req.pop is not None:
             raise BrokerError(Refusal.INVALID_REQUEST, f"unknown tunnel server {req.pop!r}")
-        mtu = self._mtu(req.mtu)
+        mtu = self._mtu(req.mtu, req.kind)
         name = self._tunnel_name(req.name)
         endpoint: str | None = None
         if req.kind == "static":
@@ -523,7 +525,7 @@ class Broker:
             if state not in (None, "enabled", "disabled"):
                 raise BrokerError(Refusal.INVALID_REQUEST, f"state {state!r}")
         if mtu is not None:
-            t.mtu = self._mtu(mtu)
+            t.mtu = self._mtu(mtu, t.kind)
         if name is not None:
             t.name = self._tunnel_name(name)
         if dns_servers is not None:
@@ -715,11 +717,19 @@ class Broker:
         return t
 
     @staticmethod
-    def _mtu(mtu: int | None, default: int = 1280) -> int:
+    def _mtu(mtu: int | None, kind: str, default: int = 1280) -> int:
         if mtu is None:
             return default
         if not 1280 <= mtu <= 1480:
             raise BrokerError(Refusal.INVALID_MTU, str(mtu))
+        if kind == "ayiya" and mtu > AYIYA_MAX_MTU:
+            # A larger packet would not leave the PoP whole on a 1500-byte path (the PoP's
+            # datagrams carry DF): its AYIYA datagram would be refused or fragmented.
+            raise BrokerError(
+                Refusal.INVALID_MTU,
+                f"{mtu}: an AYIYA tunnel carries at most {AYIYA_MAX_MTU} (1500 less IPv4, UDP "
+                "and AYIYA's 44-byte header)",
+            )
         return mtu
 
     @staticmethod
