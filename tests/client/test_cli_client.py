@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
+from tunnelbroker.broker.model import ManagedRequest
 from tunnelbroker.broker.users import UserService
 from tunnelbroker.cli.client import client, parse_server
 from tunnelbroker.config import load_config
@@ -205,3 +207,54 @@ def test_parse_server(value: str, expected: tuple[str, int]) -> None:
 def test_parse_server_rejects(value: str) -> None:
     with pytest.raises(click.BadParameter):
         parse_server(value)
+
+
+# ---------------------------------------------------------------------- --tic
+
+
+def tic(daemon: Daemon) -> str:
+    return f"127.0.0.1:{daemon.tic_port}"
+
+
+@pytest.fixture
+def ayiya_tunnel(broker: Daemon) -> int:
+    """An AYIYA tunnel of alice's, MTU 1400, for the --tic tests."""
+    assert broker.store is not None and broker.broker is not None
+    alice = UserService(broker.store, broker.config.broker.realm).get("alice")
+    assert alice is not None
+    t = broker.broker.create_tunnel(alice.id, ManagedRequest("ayiya", mtu=1400), time.time())
+    assert t.id is not None
+    return t.id
+
+
+async def test_tic_require_tls_refused_by_the_server(broker: Daemon, ayiya_tunnel: int) -> None:
+    # The daemon has no TLS certificate: it answers starttls with 400.
+    env = {"TUNNELBROKER_PASSWORD": PASSWORD}
+    result = await run(tic(broker), "--tic", "--user", "alice", "--require-tls", env=env)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(
+        "error: the server refused starttls and TLS is required: 400 "
+    ), result.stderr
+    assert result.stdout == "" and "Traceback" not in result.output
+    # --require-tls alone means TIC, and --list honours it too.
+    listed = await run(tic(broker), "--user", "alice", "--require-tls", "--list", env=env)
+    assert listed.exit_code == 1 and "TLS is required" in listed.stderr
+    # Only --starttls: the same server is used in plaintext, as AICCU does.
+    plain = await run(tic(broker), "--tic", "--user", "alice", "--starttls", "--json", env=env)
+    assert plain.exit_code == 0, plain.output
+    data = json.loads(plain.stdout)
+    assert data["tunnel_type"] == "ayiya" and data["mtu"] == 1400
+    assert data["link_prefix_length"] == 64
+
+
+async def test_tic_summary_shows_mtu_and_prefix_length(broker: Daemon, ayiya_tunnel: int) -> None:
+    env = {"TUNNELBROKER_PASSWORD": PASSWORD}
+    result = await run(tic(broker), "--tic", "--user", "alice", env=env)
+    assert result.exit_code == 0, result.output
+    assert "TIC, MD5 challenge" in result.stdout and "1400" in result.stdout
+    assert "::2/64" in result.stdout
+
+
+def test_help_names_require_tls() -> None:
+    result = CliRunner().invoke(client, ["--help"])
+    assert "--require-tls" in result.stdout and "requiretls" in result.stdout

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
+import socket
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from tests.listeners.test_tic import memory_backend, tic_server
 
 from tunnelbroker.client import dataplane
 from tunnelbroker.client.dataplane import (
@@ -18,13 +22,17 @@ from tunnelbroker.client.dataplane import (
     KEEPALIVE_LOST,
     SOURCE_CHANGED,
     STOPPED,
+    ayiya_delivered,
     backoff_delay,
     decapsulate_6in4,
     local_ipv4_towards,
     run_client,
     run_tunnel,
 )
+from tunnelbroker.client.sixxs import tic_negotiate
+from tunnelbroker.client.tic import TicClientError
 from tunnelbroker.client.tsp import Negotiated, TspClientError
+from tunnelbroker.protocols.ayiya import AyiyaDrop, AyiyaPacket, OpCode
 from tunnelbroker.tunnelserver.packet import build_ipv4, build_ipv6
 
 SERVER4 = ipaddress.IPv4Address("198.51.100.1").packed
@@ -80,6 +88,28 @@ def test_decapsulate_skips_ipv4_options() -> None:
 )
 def test_decapsulate_drops_the_rest(outer: bytes) -> None:
     assert decapsulate_6in4(outer, SERVER4) is None
+
+
+# ------------------------------------------------------------------------------ AYIYA from the PoP
+
+
+@pytest.mark.parametrize(
+    ("opcode", "delivered"),
+    [
+        (OpCode.FORWARD, True),
+        (OpCode.ECHO_REQUEST, True),  # AICCU writes it to the TUN too (sixxs.md §3.3)
+        (OpCode.ECHO_REQUEST_FORWARD, True),
+        (OpCode.NOOP, False),
+        (OpCode.ECHO_RESPONSE, False),
+        (OpCode.MOTD, False),
+    ],
+)
+def test_which_ayiya_datagrams_reach_the_tun(opcode: OpCode, delivered: bool) -> None:
+    packet = AyiyaPacket(opcode, 41, 0, bytes(16), bytes(20), INNER, b"")
+    assert ayiya_delivered(packet) == (INNER if delivered else None)
+    ipv4 = build_ipv4(SERVER4, CLIENT4, 59, b"")
+    assert ayiya_delivered(AyiyaPacket(opcode, 4, 0, bytes(16), bytes(20), ipv4, b"")) is None
+    assert ayiya_delivered(AyiyaDrop.BAD_SIGNATURE) is None
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -253,3 +283,156 @@ async def test_stopped_before_starting_does_nothing(fakes: Callable[..., Fakes])
     stop.set()
     await run_client("broker", stop=stop)
     assert f.calls == []
+
+
+# ------------------------------------------------------------------------------ TIC in the loop
+# The negotiator is a real TIC login (client.sixxs.tic_negotiate) against a TIC server started
+# here, a closed port or a server that resets; only the backoff sleeps are recorded, not slept.
+
+TIC_USER, TIC_PASSWORD = "TEST-SIXXS", "secretpass"
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    recorded: list[float] = []
+
+    async def sleep(stop: asyncio.Event, delay: float) -> None:
+        recorded.append(delay)
+
+    monkeypatch.setattr(dataplane, "_sleep_or_stop", sleep)
+    return recorded
+
+
+class TicLogins:
+    """A TIC negotiator for ``run_client`` that counts its calls; from call ``stop_at`` on it
+    sets ``stop`` first (the loop then ends after that attempt)."""
+
+    def __init__(self, port: int, stop: asyncio.Event, stop_at: int = 0, **kw: Any) -> None:
+        self.port, self.stop, self.stop_at, self.kw = port, stop, stop_at, kw
+        self.calls = 0
+
+    async def __call__(self) -> Negotiated:
+        self.calls += 1
+        if self.stop_at and self.calls >= self.stop_at:
+            self.stop.set()
+        kw = {"username": TIC_USER, "password": TIC_PASSWORD, "timeout": 5.0, **self.kw}
+        return await tic_negotiate("127.0.0.1", port=self.port, **kw)
+
+
+async def loop(logins: TicLogins) -> None:
+    await asyncio.wait_for(
+        run_client("127.0.0.1", stop=logins.stop, negotiator=logins, rand=lambda: 1.0), 30
+    )
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"password": "wrong"}, "login failed: 400 Authentication failed"),
+        ({"tunnel_id": "T9"}, "no such tunnel: T9: 400 Unknown tunnel"),
+        ({"require_tls": True}, "the server refused starttls and TLS is required: 400 "),
+    ],
+    ids=["wrong-password", "unknown-tunnel", "tls-required"],
+)
+async def test_a_permanent_tic_refusal_stops_without_retrying(
+    sleeps: list[float], kw: dict[str, Any], reason: str
+) -> None:
+    async with tic_server() as (service, port):
+        logins = TicLogins(port, asyncio.Event(), **kw)
+        with pytest.raises(TicClientError) as e:
+            await loop(logins)
+    assert str(e.value).startswith(reason) and e.value.permanent
+    assert logins.calls == 1 and sleeps == []
+    assert service.login_failures == (1 if "password" in kw else 0)
+
+
+@pytest.mark.timeout(60)
+async def test_tic_server_unreachable_is_retried_with_backoff(
+    sleeps: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    logins = TicLogins(closed_port(), asyncio.Event(), stop_at=4)
+    with caplog.at_level(logging.WARNING, logger="tunnelbroker.client.dataplane"):
+        await loop(logins)
+    assert logins.calls == 4 and sleeps == [1.0, 2.0, 4.0]
+    assert caplog.text.count("TIC failed: cannot talk to 127.0.0.1 port") == 4
+
+
+@pytest.mark.timeout(60)
+async def test_a_tic_connection_reset_is_retried(
+    sleeps: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    resets = 0
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal resets
+        resets += 1
+        # SO_LINGER 0: close() sends an RST instead of a FIN.
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    server = await asyncio.start_server(reset, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        logins = TicLogins(port, asyncio.Event(), stop_at=3)
+        with caplog.at_level(logging.WARNING, logger="tunnelbroker.client.dataplane"):
+            await loop(logins)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert logins.calls == 3 and resets == 3 and sleeps == [1.0, 2.0]
+    assert caplog.text.count("TIC failed: cannot talk to 127.0.0.1") == 3
+    assert "Connection reset by peer" in caplog.text
+
+
+@pytest.mark.timeout(60)
+async def test_a_busy_tic_server_is_retried(sleeps: list[float]) -> None:
+    async with tic_server(max_connections=0) as (service, port):
+        logins = TicLogins(port, asyncio.Event(), stop_at=2)
+        await loop(logins)
+    assert logins.calls == 2 and sleeps == [1.0] and service.sessions_refused == 2
+
+
+@pytest.mark.timeout(60)
+async def test_tic_retries_until_the_server_is_back_then_a_refusal_ends_it(
+    sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tunnel itself is not what is tested: it "runs" and loses its keepalive at once.
+    ran: list[Negotiated] = []
+
+    async def tunnel(n: Negotiated, **kw: Any) -> str:
+        ran.append(n)
+        return KEEPALIVE_LOST
+
+    monkeypatch.setattr(dataplane, "run_tunnel", tunnel)
+    backend = memory_backend()
+    async with tic_server(backend) as (_, port):
+        down = closed_port()
+        stop = asyncio.Event()
+        logins = TicLogins(down, stop)
+
+        async def negotiator() -> Negotiated:
+            # Two attempts find nothing listening; then the server is there, and after the
+            # first tunnel the account's password changes.
+            if logins.calls == 2:
+                logins.port = port
+            if len(ran) == 1:
+                backend.add_user(TIC_USER, "changed", backend.users[TIC_USER].tunnels)
+            return await logins()
+
+        with pytest.raises(TicClientError, match="login failed") as e:
+            await asyncio.wait_for(
+                run_client("127.0.0.1", stop=stop, negotiator=negotiator, rand=lambda: 1.0), 30
+            )
+    assert e.value.permanent and logins.calls == 4 and len(ran) == 1
+    assert ran[0].tunnel_type == "ayiya"
+    # 1 and 2 s after the two failures, 4 s after the tunnel's end (one that did not stay up
+    # STABLE_AFTER seconds counts as a failure too).
+    assert sleeps == [1.0, 2.0, 4.0]

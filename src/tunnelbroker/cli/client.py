@@ -86,13 +86,18 @@ def _summary(n: Negotiated, up: bool = False) -> None:
     asked = f" (asked for {n.requested_type})" if n.requested_type != n.tunnel_type else ""
     table.add_row("tunnel type", n.tunnel_type + asked)
     table.add_row("server endpoint", f"{n.server_ipv4}  {n.server_ipv6}")
-    table.add_row("client endpoint", f"{n.client_ipv4}  {n.client_ipv6}")
+    client_ipv6 = n.client_ipv6
+    if n.link_prefix_length is not None:
+        client_ipv6 += f"/{n.link_prefix_length}"
+    table.add_row("client endpoint", f"{n.client_ipv4}  {client_ipv6}")
     if n.client_ipv4 != n.local_address and n.tunnel_type != "v4v6":
         table.add_row("local address", n.local_address)
     if n.client_name:
         table.add_row("client name", n.client_name)
     if n.prefix is not None:
         table.add_row("delegated prefix", f"{n.prefix}/{n.prefix_length}")
+    if n.mtu is not None:
+        table.add_row("MTU", str(n.mtu))
     if n.keepalive_interval is not None:
         table.add_row("keepalive", f"every {n.keepalive_interval} s to {n.keepalive_address}")
     if n.lifetime is not None:
@@ -221,11 +226,21 @@ def _summary(n: Negotiated, up: bool = False) -> None:
 )
 @click.option("--tunnel", "tic_tunnel", metavar="ID", help="With --tic: which tunnel (T123).")
 @click.option("--list", "tic_list", is_flag=True, help="With --tic: list the tunnels and exit.")
-@click.option("--starttls", is_flag=True, help="With --tic: use STARTTLS.")
+@click.option(
+    "--starttls",
+    is_flag=True,
+    help="With --tic: use STARTTLS; a server that refuses it is used in plaintext.",
+)
+@click.option(
+    "--require-tls",
+    is_flag=True,
+    help="With --tic: use STARTTLS and give up if the server refuses it (AICCU's "
+    "requiretls); implies --starttls.",
+)
 @click.option(
     "--insecure",
     is_flag=True,
-    help="With --starttls: accept any certificate, as AICCU does.",
+    help="With --starttls or --require-tls: accept any certificate, as AICCU does.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log the negotiation to stderr.")
 def client(
@@ -251,6 +266,7 @@ def client(
     tic_tunnel: str | None,
     tic_list: bool,
     starttls: bool,
+    require_tls: bool,
     insecure: bool,
     verbose: bool,
 ) -> None:
@@ -268,14 +284,15 @@ def client(
     if backend is not None and not up:
         raise click.UsageError("--backend needs --up")
     backend = (backend or "auto").lower()
-    if tic or tic_tunnel or tic_list or starttls:
+    if tic or tic_tunnel or tic_list or starttls or require_tls:
         _tic(
             server,
             username,
             password_stdin,
             tic_tunnel,
             tic_list,
-            starttls,
+            starttls or require_tls,
+            require_tls,
             insecure,
             up,
             tun_name,
@@ -350,6 +367,7 @@ def _tic(
     tunnel_id: str | None,
     list_only: bool,
     starttls: bool,
+    require_tls: bool,
     insecure: bool,
     up: bool,
     tun_name: str,
@@ -386,6 +404,7 @@ def _tic(
                     port=port,
                     list_only=True,
                     starttls=starttls,
+                    require_tls=require_tls,
                     verify=not insecure,
                     timeout=timeout,
                 )
@@ -416,6 +435,7 @@ def _tic(
             tunnel_id=tunnel_id,
             port=port,
             starttls=starttls,
+            require_tls=require_tls,
             verify=not insecure,
             timeout=timeout,
         )

@@ -10,7 +10,9 @@ and Python.
 
 * **The TUN** (``tbc0``) gets the client's tunnel address as a /128, MTU 1280 (the IPv6
   minimum, so nothing is ever too big for the path: RFC 4213 §3.2's static MTU) and the route
-  ``::/0``. The whole IPv6 internet goes through the tunnel, as gogoc's template does; more
+  ``::/0``. A SixXS tunnel comes with its own MTU and prefix length (TIC's ``Tunnel MTU``,
+  1280..1480, and ``IPv6 PrefixLength``), and they are used as AICCU uses them (sixxs.md
+  §5.2). The whole IPv6 internet goes through the tunnel, as gogoc's template does; more
   specific on-link routes (a LAN's /64) still win. We do not add ``2000::/3`` besides: it adds
   nothing to ``::/0`` here, and a host with its own IPv6 default route should not run this.
 * **v6udpv4** (RFC 5572 Fig. 14): every IPv6 packet the kernel routes into the TUN is sent
@@ -24,7 +26,8 @@ and Python.
 * **ayiya** (SixXS, from TIC): every IPv6 packet goes out as a signed AYIYA Forward to UDP
   5072 of the PoP, a signed NOOP every interval keeps the NAT mapping and tells the PoP where
   we are, and only datagrams with the PoP's identity, a good signature and time and no replay
-  come in.
+  come in. Their IPv6 payload goes to the TUN if they are a Forward or, as AICCU has it
+  (sixxs.md §3.3), an Echo Request (opcode 2 or 3); nobody answers the echo itself.
 * **heartbeat** (SixXS 6in4-heartbeat): 6in4 as v6v4, plus a signed beat to UDP 3740 every
   interval, which moves the PoP's end of the tunnel to our address.
 * **Keepalive** (:class:`~tunnelbroker.protocols.tsp.keepalive.KeepaliveMachine`): echoes go
@@ -60,7 +63,7 @@ from tunnelbroker.client.echo import EchoSocket, watch_replies
 from tunnelbroker.client.tic import TicClientError
 from tunnelbroker.client.tsp import Negotiated, TspClientError, UdpFlow, negotiate
 from tunnelbroker.protocols.ayiya import PORT as AYIYA_PORT
-from tunnelbroker.protocols.ayiya import AyiyaDrop, AyiyaLink, Role
+from tunnelbroker.protocols.ayiya import AyiyaDrop, AyiyaLink, AyiyaPacket, OpCode, Role
 from tunnelbroker.protocols.ayiya.messages import NEXT_HEADER_IPV6
 from tunnelbroker.protocols.heartbeat import PORT as HEARTBEAT_PORT
 from tunnelbroker.protocols.heartbeat import build as build_heartbeat
@@ -76,8 +79,11 @@ __all__ = [
     "SOURCE_CHANGED",
     "STOPPED",
     "TUN_MTU",
+    "ayiya_delivered",
     "backoff_delay",
     "decapsulate_6in4",
+    "interface_address",
+    "interface_mtu",
     "local_ipv4_towards",
     "run_client",
     "run_tunnel",
@@ -96,8 +102,12 @@ KEEPALIVE_LOST = "keepalive lost"
 FLOW_CLOSED = "flow closed"
 SOURCE_CHANGED = "source address changed"
 
-#: MTU of the client TUN: the IPv6 minimum, which any IPv4 path carries in one piece.
+#: MTU of the client TUN unless the server says (a SixXS tunnel): the IPv6 minimum, which any
+#: IPv4 path carries in one piece.
 TUN_MTU = 1280
+#: AYIYA opcodes whose payload a client delivers (sixxs.md §3.3): AICCU writes an Echo
+#: Request's IPv6 payload to its TUN too, though it never answers the echo.
+AYIYA_DELIVERED = frozenset({OpCode.FORWARD, OpCode.ECHO_REQUEST, OpCode.ECHO_REQUEST_FORWARD})
 #: What we route into the tunnel.
 DEFAULT_ROUTE = "::/0"
 #: For v4v6 (IPv4 through IPv6): all of IPv4, as two halves. They win over the host's own
@@ -152,6 +162,34 @@ def decapsulate_6in4(pkt: bytes, server: bytes) -> bytes | None:
         return None
     inner = pkt[ihl:]
     return inner if inner[0] >> 4 == 6 else None
+
+
+def ayiya_delivered(got: AyiyaPacket | AyiyaDrop) -> bytes | None:
+    """The IPv6 packet a verified AYIYA datagram from the PoP puts into the TUN, or None.
+
+    A Forward, an Echo Request or an Echo Request and Forward carrying IPv6 (Next Header 41);
+    not a NOOP or an IPv4 payload, and nothing dropped. The Python receive path and the
+    datagrams the C fast path punts both decide here.
+    """
+    if isinstance(got, AyiyaDrop):
+        return None
+    if got.opcode in AYIYA_DELIVERED and got.next_header == NEXT_HEADER_IPV6:
+        return got.payload
+    return None
+
+
+def interface_mtu(n: Negotiated) -> int:
+    """The MTU of tunnel ``n``'s interface: the server's (TIC), else :data:`TUN_MTU`."""
+    return TUN_MTU if n.mtu is None else n.mtu
+
+
+def interface_address(n: Negotiated) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """Our address on tunnel ``n``'s interface: a /32 for v4v6, else with the link's prefix
+    length where the server says (TIC's ``IPv6 PrefixLength``, as AICCU), or a /128."""
+    if n.tunnel_type == "v4v6":
+        return ipaddress.IPv4Interface(f"{n.client_ipv4}/32")
+    length = 128 if n.link_prefix_length is None else n.link_prefix_length
+    return ipaddress.IPv6Interface(f"{n.client_ipv6}/{length}")
 
 
 def backoff_delay(failures: int, rand01: float, cap: float = BACKOFF_CAP) -> float:
@@ -430,24 +468,28 @@ async def _noops(n: Negotiated, link: AyiyaLink, udp: socket.socket) -> None:
 
 
 def _fast_forwarder(
-    n: Negotiated, tun: TunDevice, stack: contextlib.ExitStack, tasks: list[asyncio.Task[None]]
+    n: Negotiated,
+    tun: TunDevice,
+    stack: contextlib.ExitStack,
+    ayiya: tuple[AyiyaLink, socket.socket] | None,
 ) -> fastpath.PeerForwarder | None:
     """The C forwarder for tunnel ``n``, started; None where it cannot carry it.
 
     A client is the simplest user of the tunnel server's fast path: everything from the TUN
     goes to the one peer, and everything the peer sends (and only what it sends) goes into
     the TUN, on a thread of its own without the GIL. It carries v6udpv4 (on the signalling
-    flow's own socket, which asyncio stops reading), 6in4 (v6v4, heartbeat) and AYIYA (signed
-    and verified in C; the NOOP beat stays in Python); v4v6 stays in Python.
+    flow's own socket, which asyncio stops reading), 6in4 (v6v4, heartbeat) and AYIYA
+    (``ayiya``: the link and its socket; Forwards signed and verified in C, the rest punted
+    to Python, the NOOP beat sent from Python); v4v6 stays in Python.
     """
     if n.tunnel_type not in ("v6udpv4", "v6v4", "heartbeat", "ayiya") or fastpath.load() is None:
         return None
     peer: tuple[str, int]
     link = None
     if n.tunnel_type == "ayiya":
-        link, sock = _ayiya_link(n, stack)
+        assert ayiya is not None
+        link, sock = ayiya
         peer = (n.server_ipv4, AYIYA_PORT)
-        tasks.append(asyncio.create_task(_noops(n, link, sock)))
     elif n.tunnel_type == "v6udpv4":
         assert isinstance(n.flow, UdpFlow)
         # asyncio's selector transports can stop reading, though the type stubs don't say so.
@@ -471,15 +513,37 @@ def _fast_forwarder(
     return fwd
 
 
-async def _drain_punts(fwd: fastpath.PeerForwarder) -> None:
-    """Discard what the forwarder set aside (a stray signalling datagram), now and then.
+def _serve_punts(
+    fwd: fastpath.PeerForwarder,
+    stack: contextlib.ExitStack,
+    on_ayiya: Callable[[bytes], None] | None,
+    pop: tuple[bytes, int],
+    on_discard: Callable[[], None],
+) -> None:
+    """Take what the forwarder sets aside as soon as it signals, until ``stack`` unwinds.
 
-    A client has no slow path for such packets; draining keeps the queue from filling.
+    AYIYA datagrams from the PoP (``pop``: packed IPv4 and port) that C does not decide
+    (echo requests, NOOPs, anything malformed) go to ``on_ayiya``, the Python receive path,
+    which decides them as it decides its own. A client has no slow path for the rest (a
+    stray signalling datagram, say): each is discarded (``on_discard``), which also keeps the
+    queue from filling.
     """
-    while True:
-        await asyncio.sleep(1.0)
-        if fwd.drain():
-            log.debug("discarded %d packets the fast path set aside", fwd.punted)
+    loop = asyncio.get_running_loop()
+    fd: int = fwd.engine.punt_fd
+    punt_ayiya: int = fwd.module.PUNT_AYIYA
+
+    def on_punts() -> None:
+        # Read the eventfd before taking: a punt after the take signals it again.
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            os.read(fd, 8)
+        for kind, _, data, src4, port, _ in fwd.take_punts():
+            if on_ayiya is not None and kind == punt_ayiya and (src4, port) == pop:
+                on_ayiya(data)
+            else:
+                on_discard()
+
+    loop.add_reader(fd, on_punts)
+    stack.callback(loop.remove_reader, fd)
 
 
 async def run_tunnel(
@@ -500,8 +564,8 @@ async def run_tunnel(
     the TUN, its address and routes are in place. ``backend="kernel"`` carries it through a
     kernel tunnel device instead (:func:`tunnelbroker.client.kernel.run_kernel_tunnel`,
     which returns and raises alike). ``fast_path``: let the tunnel server's C fast path
-    (:class:`~tunnelbroker.tunnelserver.fastpath.PeerForwarder`) move v6udpv4, v6v4 and
-    heartbeat packets where it is built; False keeps every packet in Python.
+    (:class:`~tunnelbroker.tunnelserver.fastpath.PeerForwarder`) move v6udpv4, v6v4,
+    heartbeat and AYIYA packets where it is built; False keeps every packet in Python.
 
     Returns:
         :data:`STOPPED` (``stop`` was set), :data:`KEEPALIVE_LOST` (the keepalive address
@@ -543,7 +607,9 @@ async def run_tunnel(
     # v4v6 carries IPv4 inside IPv6: the inner family and addresses are the IPv4 ones.
     v4v6 = n.tunnel_type == "v4v6"
     inner_version = 4 if v4v6 else 6
-    inner_address = n.client_ipv4 if v4v6 else n.client_ipv6
+    inner = interface_address(n)
+    inner_address = str(inner.ip)
+    mtu = interface_mtu(n)
     routes = V4V6_ROUTES if v4v6 else (DEFAULT_ROUTE,)
     ka = _keepalive_machine(n)
 
@@ -552,43 +618,61 @@ async def run_tunnel(
         try:
             tun = TunDevice.open(tun_name)
             stack.callback(tun.close)
-            host_length = 32 if v4v6 else 128
-            tun.configure(TUN_MTU, [f"{inner_address}/{host_length}"], up=True)
+            tun.configure(mtu, [str(inner)], up=True)
             for route in routes:
                 tun.add_route(route)
                 stack.callback(
                     _quietly, f"removing route {route}", functools.partial(tun.del_route, route)
                 )
-            log.info(
-                "%s up: %s/%d, routes %s, MTU %d",
-                tun.name,
-                inner_address,
-                host_length,
-                " ".join(routes),
-                TUN_MTU,
-            )
+            log.info("%s up: %s, routes %s, MTU %d", tun.name, inner, " ".join(routes), mtu)
 
-            fast = _fast_forwarder(n, tun, stack, tasks) if fast_path else None
+            def from_tunnel(pkt: bytes) -> None:
+                nonlocal dropped
+                if not pkt or pkt[0] >> 4 != inner_version:
+                    dropped += 1
+                    return
+                if ka is not None and ka.receive(pkt, loop.time()):
+                    log.debug("keepalive reply, rtt %.1f ms", (ka.last_rtt or 0) * 1000)
+                    return
+                try:
+                    tun.write(pkt)
+                except OSError:
+                    dropped += 1  # malformed: the kernel refused it
+
+            # AYIYA: one link and socket, whichever path forwards; what the PoP sends is
+            # decided in from_pop (all of it in Python, or what C punts).
+            ayiya = _ayiya_link(n, stack) if n.tunnel_type == "ayiya" else None
+            from_pop: Callable[[bytes], None] | None = None
+            pop = (b"", 0)
+            if ayiya is not None:
+                link, udp = ayiya
+                pop = (ipaddress.IPv4Address(n.server_ipv4).packed, AYIYA_PORT)
+
+                def receive_ayiya(datagram: bytes) -> None:
+                    nonlocal dropped
+                    got = link.receive(datagram, time.time())
+                    if isinstance(got, AyiyaDrop):
+                        log.debug("ayiya datagram dropped: %s", got.value)
+                        dropped += 1
+                    elif (payload := ayiya_delivered(got)) is not None:
+                        from_tunnel(payload)
+
+                from_pop = receive_ayiya
+                tasks.append(asyncio.create_task(_noops(n, link, udp)))
+                log.info("ayiya to %s port %d", n.server_ipv4, AYIYA_PORT)
+
+            fast = _fast_forwarder(n, tun, stack, ayiya) if fast_path else None
             send: Callable[[bytes], None]
             if fast is not None:
                 if n.tunnel_type == "heartbeat":
                     _start_heartbeats(n, stack, tasks)
-                tasks.append(asyncio.create_task(_drain_punts(fast)))
-            else:
 
-                def from_tunnel(pkt: bytes) -> None:
+                def discard() -> None:
                     nonlocal dropped
-                    if not pkt or pkt[0] >> 4 != inner_version:
-                        dropped += 1
-                        return
-                    if ka is not None and ka.receive(pkt, loop.time()):
-                        log.debug("keepalive reply, rtt %.1f ms", (ka.last_rtt or 0) * 1000)
-                        return
-                    try:
-                        tun.write(pkt)
-                    except OSError:
-                        dropped += 1  # malformed: the kernel refused it
+                    dropped += 1
 
+                _serve_punts(fast, stack, from_pop, pop, discard)
+            else:
                 if isinstance(n.flow, UdpFlow) and n.tunnel_type == "v6udpv4":
                     flow = n.flow
                     send = flow.send
@@ -612,8 +696,9 @@ async def run_tunnel(
                             from_tunnel(pkt)
 
                     tasks.append(asyncio.create_task(read_flow()))
-                elif n.tunnel_type == "ayiya":
-                    link, udp = _ayiya_link(n, stack)
+                elif ayiya is not None and from_pop is not None:
+                    link, udp = ayiya
+                    receive = from_pop
 
                     def send(pkt: bytes) -> None:
                         try:
@@ -622,19 +707,11 @@ async def run_tunnel(
                             pass  # as for 6in4: a router drops, so do we
 
                     def on_ayiya() -> None:
-                        nonlocal dropped
                         for datagram in _received(udp.recv, "ayiya socket"):
-                            got = link.receive(datagram, time.time())
-                            if isinstance(got, AyiyaDrop):
-                                log.debug("ayiya datagram dropped: %s", got.value)
-                                dropped += 1
-                            elif got.forwards and got.next_header == NEXT_HEADER_IPV6:
-                                from_tunnel(got.payload)
+                            receive(datagram)
 
                     loop.add_reader(udp.fileno(), on_ayiya)
                     stack.callback(loop.remove_reader, udp.fileno())
-                    tasks.append(asyncio.create_task(_noops(n, link, udp)))
-                    log.info("ayiya to %s port %d", n.server_ipv4, AYIYA_PORT)
                 elif v4v6:
                     raw6 = _raw_socket(
                         socket.AF_INET6, _IPPROTO_IPIP, n.client_ipv6, n.local_address
@@ -718,7 +795,7 @@ async def run_tunnel(
 
             reason = await _until_ended(ended, stop)
             if fast is not None:
-                dropped += fast.stats()["dropped"] + fast.punted
+                dropped += fast.stats()["dropped"]
             log.info("%s down: %s (%d packets dropped)", tun.name, reason, dropped)
             return reason
         finally:
@@ -768,6 +845,9 @@ async def run_client(
 
     Raises:
         TspClientError: the broker refused with a code in :data:`PERMANENT_REFUSALS`.
+        TicClientError: the TIC ``negotiator`` failed for good (``permanent``: a refused
+            login, an unknown tunnel, TLS required but refused...); other TIC failures
+            are retried.
         KernelUnavailable: ``backend="kernel"`` and the kernel cannot carry the tunnel
             (:mod:`tunnelbroker.client.kernel`); checked before negotiating where the
             requested type tells.
@@ -803,8 +883,9 @@ async def run_client(
             log.warning("negotiation failed: %s", e)
             continue
         except TicClientError as e:
-            # A refused login or an unknown tunnel will not fix itself; a network error may.
-            if connections == 0 and e.server_text is not None:
+            # A refused login or an unknown tunnel will not fix itself; a network error, a
+            # busy server or a clock off may.
+            if e.permanent:
                 raise
             failures += 1
             log.warning("TIC failed: %s", e)

@@ -11,8 +11,10 @@ and gets what the userspace TUN gets (:mod:`tunnelbroker.client.dataplane`):
   the server's, without the encapsulation-limit option, so its packets look like the
   userspace plane's (and the broker's own kernel backend's).
 * Either way: the client's tunnel address as a /128 (a /32 for v4v6), MTU 1280, and the
-  routes ``::/0`` (or ``0.0.0.0/1`` and ``128.0.0.0/1``) through the device. Removing the
-  device removes its address and routes.
+  routes ``::/0`` (or ``0.0.0.0/1`` and ``128.0.0.0/1``) through the device. A SixXS tunnel
+  (heartbeat, or static 6in4 from TIC) gets TIC's ``Tunnel MTU`` and ``IPv6 PrefixLength``
+  instead, as AICCU's ``ip link set mtu`` and ``ip -6 addr add`` (sixxs.md §5.2). Removing
+  the device removes its address and routes.
 
 **v6udpv4 and AYIYA stay in userspace.** IPv6 in UDP needs the ``fou`` module and a UDP
 port of its own for the kernel's receiving socket, while the broker expects the tunnel on
@@ -51,7 +53,6 @@ from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-unty
 
 from tunnelbroker.client.dataplane import (
     DEFAULT_ROUTE,
-    TUN_MTU,
     V4V6_ROUTES,
     DataPlane,
     _cancel_all,
@@ -62,6 +63,8 @@ from tunnelbroker.client.dataplane import (
     _start_source_watch,
     _until_ended,
     _use_prefix,
+    interface_address,
+    interface_mtu,
 )
 from tunnelbroker.client.echo import EchoSocket, watch_replies
 from tunnelbroker.client.tsp import Negotiated
@@ -280,6 +283,7 @@ def _add_link(
     data: dict[str, Any],
     addresses: Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
     routes: Sequence[str],
+    mtu: int,
 ) -> int:
     """Create, configure and route tunnel device ``name``; its index.
 
@@ -299,7 +303,7 @@ def _add_link(
                 raise OSError(errno.EEXIST, f"{name} exists already (a {old_kind} device)")
             log.warning("removing %s (%s), left by an earlier run", name, old_kind)
             ipr.link("del", index=old)
-        ipr.link("add", ifname=name, mtu=TUN_MTU, **data)
+        ipr.link("add", ifname=name, mtu=mtu, **data)
         (index,) = ipr.link_lookup(ifname=name)
         bring_up_link(ipr, index, addresses, routes, prepare=lambda: _complete_checksums(name))
         return int(index)
@@ -369,7 +373,8 @@ async def run_kernel_tunnel(
             ended.set_result(reason)
 
     v4v6 = n.tunnel_type == "v4v6"
-    inner = ipaddress.ip_interface(f"{n.client_ipv4}/32" if v4v6 else f"{n.client_ipv6}/128")
+    inner = interface_address(n)
+    mtu = interface_mtu(n)
     routes = V4V6_ROUTES if v4v6 else (DEFAULT_ROUTE,)
     ka = _keepalive_machine(n)
     # Logged when the device goes, with its packet counts (the teardown comes after return).
@@ -380,7 +385,7 @@ async def run_kernel_tunnel(
         try:
             data = _link_data(n)
             kind = data["kind"]
-            index = _add_link(tun_name, data, [inner], routes)
+            index = _add_link(tun_name, data, [inner], routes, mtu)
 
             def remove() -> None:
                 counts = _remove_link(index, tun_name)
@@ -401,7 +406,7 @@ async def run_kernel_tunnel(
                 outer[0],
                 inner,
                 " ".join(routes),
-                TUN_MTU,
+                mtu,
             )
             if n.tunnel_type == "heartbeat":
                 _start_heartbeats(n, stack, tasks)

@@ -42,12 +42,20 @@ _READ_SIZE = 4096
 
 
 class TicClientError(Exception):
-    """The exchange failed: ``server_text`` is the server's refusal when there was one."""
+    """The exchange failed: ``server_text`` is the server's refusal when there was one.
 
-    def __init__(self, reason: str, server_text: str | None = None) -> None:
+    ``permanent``: another attempt cannot succeed until someone changes something (a refused
+    login, an unknown tunnel, TLS required but refused, an unusable tunnel, bad arguments),
+    as opposed to a network error, a busy server or a clock off, which may pass.
+    """
+
+    def __init__(
+        self, reason: str, server_text: str | None = None, *, permanent: bool = False
+    ) -> None:
         super().__init__(reason if server_text is None else f"{reason}: {server_text}")
         self.reason = reason
         self.server_text = server_text
+        self.permanent = permanent
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +119,7 @@ async def fetch(
         )
         machine = TicClient(settings, now=clock())
     except LocalProtocolError as e:
-        raise TicClientError(str(e)) from None
+        raise TicClientError(str(e), permanent=True) from None
     tls_context = client_context(verify, cafile) if settings.starttls else None
     try:
         async with asyncio.timeout(timeout):
@@ -148,7 +156,9 @@ async def _run(
                 elif isinstance(ev, Done):
                     return TicResult(ev.tunnel, ev.entries, machine.tls, machine.clock_offset)
                 elif isinstance(ev, Failed):
-                    raise TicClientError(ev.reason, ev.server_text)
+                    raise TicClientError(
+                        ev.reason, ev.server_text, permanent=machine.failure_permanent
+                    )
             data = await reader.read(_READ_SIZE)
             if not data:
                 machine.connection_lost()

@@ -229,6 +229,12 @@ class Negotiated:
     flow: UdpFlow | TcpFlow | None = field(default=None, repr=False)
     #: A SixXS tunnel's own secret (AYIYA signatures, heartbeat MD5), from TIC.
     secret: str | None = field(default=None, repr=False)
+    #: The tunnel interface's MTU, where the server says (TIC's ``Tunnel MTU``, already
+    #: clamped into 1280..1480); None: 1280.
+    mtu: int | None = None
+    #: The length of the tunnel link's prefix, where the server says (TIC's ``IPv6
+    #: PrefixLength``): the client's address gets it. None: a /128 (/32 for v4v6).
+    link_prefix_length: int | None = None
 
     def close(self) -> None:
         """Close the signalling flow (the broker keeps the tunnel until it expires)."""
@@ -261,6 +267,8 @@ class Negotiated:
             "dns_servers": list(self.dns_servers),
             "delegation_servers": list(self.delegation_servers),
             "redirects": list(self.redirects),
+            "mtu": self.mtu,
+            "link_prefix_length": self.link_prefix_length,
         }
 
 

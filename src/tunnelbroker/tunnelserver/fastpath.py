@@ -253,8 +253,8 @@ class PeerForwarder:
     UDP socket (v6udpv4, to ``peer`` = (IPv4, port)), a raw protocol-41 socket (v6v4, to
     ``peer`` = (IPv4, 0)) or, with ``ayiya``, a UDP socket to the PoP's AYIYA port. Every IPv6
     source is accepted from the peer (it is the internet's side); only the peer's outer address
-    (and port) is. Nothing is punted in practice; what would be is counted and dropped by
-    :meth:`drain`.
+    (and port) is. What C does not decide is punted: the caller takes it (:meth:`take_punts`,
+    when :attr:`engine` ``.punt_fd`` is readable) or discards it (:meth:`drain`).
 
     ``ayiya`` is the client's link (role CLIENT: ``local`` our tunnel address, ``remote`` the
     PoP's): datagrams to the peer are signed Forwards from ``local``; from the peer, Forwards

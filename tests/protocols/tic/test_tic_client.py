@@ -202,3 +202,61 @@ def test_fuzz_server_lines(lines: list[str]) -> None:
     c = client()
     c.receive_data("".join(line.replace("\n", " ") + "\n" for line in lines).encode(), T)
     assert c.state in ClientState
+
+
+# ---------------------------------------------------------------- which failures are permanent
+
+_LOGGED_IN = b"200 hi\n200 ok\n200 1795323171\n200 ok\n200 c\n200 in\n"
+
+
+@pytest.mark.parametrize(
+    ("settings", "script"),
+    [
+        ({}, b"200 hi\n200 ok\n200 1795323171\n400 No such user\n"),
+        ({}, b"200 hi\n200 ok\n200 1795323171\n200 ok\n200 c\n400 Authentication failed\n"),
+        ({"tunnel_id": "T9"}, _LOGGED_IN + b"400 Unknown tunnel\n"),
+        ({}, _LOGGED_IN + b"201 x\nT1 a b c\nT2 a b c\n202 x\n"),
+        ({}, _LOGGED_IN + b"201 x\n202 x\n"),
+        ({"require_tls": True, "starttls": True}, b"200 hi\n200 ok\n200 1795323171\n400 no\n"),
+    ],
+    ids=["username", "login", "unknown-tunnel", "several-tunnels", "no-tunnels", "tls-required"],
+)
+def test_refusals_no_retry_can_cure_are_permanent(
+    settings: dict[str, object], script: bytes
+) -> None:
+    c = client(**settings)
+    c.receive_data(script, T)
+    assert isinstance(last(list(iter(c.next_event, None))), Failed)
+    assert c.failure_permanent
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        b"400 Server too busy, try again later\n",
+        b"400 Too many failed logins, try again later\n",
+        b"200 hi\n400 no\n",
+        b"200 hi\n200 ok\n400 no time\n",
+        b"200 hi\n200 ok\n200 1795323000\n",  # our clock is off
+        b"200 hi\n200 ok\n200 1795323171\n200 ok\n400 no md5\n",
+        _LOGGED_IN + b"400 cannot list\n",
+        _LOGGED_IN + b"201 x\nT1  a b c\n202 x\n",  # a garbled listing
+        b"garbage\n",
+    ],
+)
+def test_other_failures_may_pass(script: bytes) -> None:
+    c = client()
+    c.receive_data(script, T)
+    assert isinstance(last(list(iter(c.next_event, None))), Failed)
+    assert not c.failure_permanent
+
+
+def test_a_dropped_connection_or_tls_refused_when_optional_is_not_permanent() -> None:
+    c = client()
+    c.receive_data(b"200 hi\n", T)
+    c.connection_lost()
+    assert isinstance(c.next_event(), Failed) and not c.failure_permanent
+    # Without require_tls a refused starttls is no failure at all.
+    c2, s = client(starttls=True), server()
+    cev, _ = run_pair(c2, s)
+    assert isinstance(last(cev), Done) and not c2.failure_permanent

@@ -20,6 +20,12 @@ A single-line reply succeeds if it starts with ``2`` (AICCU checks only that); b
 open with ``201`` and end with a line starting ``202``. The result is a :class:`Done` event
 (the tunnel, or the listing) or a :class:`Failed` one; either way the I/O layer sends what
 is queued (the ``QUIT``) and closes.
+
+A failure is *permanent* (:attr:`TicClient.failure_permanent`) when another attempt cannot
+succeed until someone changes something: the server refused the username, the login or the
+tunnel asked for, refused ``starttls`` while TLS is required, or the account has no tunnel or
+several to choose from. Anything else (a refused greeting: the server is busy or limiting
+logins; a clock off; a garbled reply; a closed connection) may pass by itself.
 """
 
 from __future__ import annotations
@@ -97,6 +103,8 @@ class TicClient:
         self.clock_offset: float | None = None
         self.entries: tuple[TicListEntry, ...] = ()
         self.tunnel: TicTunnel | None = None
+        #: The failure, if any, is one another attempt cannot cure (see the module docstring).
+        self.failure_permanent = False
         self._now = now
         self._reader = codec.LineReader()
         self._block: list[str] | None = None
@@ -190,12 +198,12 @@ class TicClient:
                 self._events.append(TlsRequested())
             elif self.settings.require_tls:
                 self._quit("TLS required but not offered")
-                self._fail("the server refused starttls and TLS is required", line)
+                self._fail("the server refused starttls and TLS is required", line, permanent=True)
             else:
                 self._send_username()
         elif state is ClientState.USERNAME:
             if not ok:
-                self._fail("the server refused the username", line)
+                self._fail("the server refused the username", line, permanent=True)
                 return
             self._command("challenge md5")
             self.state = ClientState.CHALLENGE
@@ -210,7 +218,7 @@ class TicClient:
         elif state is ClientState.AUTHENTICATE:
             if not ok:
                 self._quit("Authentication failed")
-                self._fail("login failed", line)
+                self._fail("login failed", line, permanent=True)
                 return
             if self.settings.list_only or self.settings.tunnel_id is None:
                 self._command("tunnel list")
@@ -222,7 +230,7 @@ class TicClient:
             self._fail("the server refused to list tunnels", line)
         elif state is ClientState.SHOW:
             self._quit("No such tunnel")
-            self._fail(f"no such tunnel: {self.settings.tunnel_id}", line)
+            self._fail(f"no such tunnel: {self.settings.tunnel_id}", line, permanent=True)
 
     def _on_unixtime(self, ok: bool, text: str, line: str) -> None:
         digits = text.strip()
@@ -250,11 +258,11 @@ class TicClient:
                 self._finish(None, "Getting current tunnel listing")
             elif not self.entries:
                 self._quit("I didn't have any tunnels to select")
-                self._fail("the account has no tunnels")
+                self._fail("the account has no tunnels", permanent=True)
             elif len(self.entries) > 1:
                 self._quit("User still needed to select a tunnel")
                 ids = ", ".join(e.tunnel_id for e in self.entries)
-                self._fail(f"the account has several tunnels ({ids}): choose one")
+                self._fail(f"the account has several tunnels ({ids}): choose one", permanent=True)
             else:
                 self._show(self.entries[0].tunnel_id)
         else:
@@ -283,8 +291,11 @@ class TicClient:
     def _quit(self, text: str) -> None:
         self._command(f"QUIT {text}")
 
-    def _fail(self, reason: str, server_line: str | None = None) -> None:
+    def _fail(
+        self, reason: str, server_line: str | None = None, *, permanent: bool = False
+    ) -> None:
         if self.finished:
             return
         self.state = ClientState.FAILED
+        self.failure_permanent = permanent
         self._events.append(Failed(reason, server_line))
